@@ -1,0 +1,5 @@
+import sys
+
+from kotune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,276 @@
+"""Typed sections of params.yaml: the only place defaults live.
+
+Field names follow the libraries underneath (PEFT's LoraConfig, bitsandbytes' BitsAndBytesConfig,
+TRL's SFTConfig), so a user who knows them reads params.yaml at sight. Each stage loads only the
+sections it needs:
+
+    data = load_section("params.yaml", "data")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from kotune.errors import ConfigError
+from kotune.typed_config import Origin, build, read_yaml_with_lines, suggest, to_dict
+
+FORMATS = ("auto", "alpaca", "usr_bot", "dialog", "messages", "text")
+# Canonical field names a source's own columns can be mapped onto (data.columns), per format.
+COLUMN_FIELDS = ("instruction", "input", "output", "system", "text", "messages", "role", "content",
+                 "turns", "speaker", "utterance")
+
+
+@dataclass(frozen=True)
+class UsrBotSection:
+    """Plain-text turns such as `<usr> 질문 <bot> 답` (open-korean-instructions) or `<사람>:`/`<챗봇>:`."""
+
+    user: tuple[str, ...] = ("<usr>", "<사람>:")
+    assistant: tuple[str, ...] = ("<bot>", "<챗봇>:")
+    system: tuple[str, ...] = ("<sys>",)
+    conversation_separator: str = "<<start conversation>>"  # splits a .txt file into conversations
+
+    def __post_init__(self):
+        if not self.user or not self.assistant:
+            raise ValueError("usr_bot needs at least one user and one assistant marker")
+
+
+@dataclass(frozen=True)
+class DialogSection:
+    """Multi-speaker dialog (AI Hub 일상 대화 style): how speakers become chat roles."""
+
+    assistant: str = "second"  # a speaker id (e.g. P02), or first/second: who speaks first/second
+    others: Literal["user", "labels"] = "user"  # labels keeps speakers apart as user1, user2, …
+    name_token: str | None = "<name>"  # replaces masked names (*, **); null keeps the asterisks
+
+
+@dataclass(frozen=True)
+class DataSection:
+    source: str = "data/samples/messages.jsonl"  # local file/folder, or a Hub dataset id
+    format: str = "auto"  # auto says what it detected; or one of FORMATS
+    subset: str | None = None  # Hub config name
+    split: str = "train"
+    revision: str | None = None  # pin a Hub commit so fetch is reproducible
+    data_files: tuple[str, ...] | None = None  # Hub data_files
+    columns: dict[str, str] = field(default_factory=dict)  # canonical field -> the source's own name
+    encoding: Literal["auto", "utf-8", "utf-8-sig", "cp949", "euc-kr"] = "auto"
+    usr_bot: UsrBotSection = field(default_factory=UsrBotSection)
+    dialog: DialogSection = field(default_factory=DialogSection)
+    system_prompt: str | None = None  # added to conversations that have no system turn
+    max_records: int | None = None  # read only the first N raw records (quick experiments)
+    nfc: bool = True
+    strip_control: bool = True
+    dedup: bool = True  # exact duplicates (same turns) go to rejects
+    min_tokens: int = 8  # whole rendered conversation, base tokenizer
+    max_tokens: int = 512  # longer conversations are rejected, not truncated (keep <= train.max_length)
+    eval_size: float = 0.1  # < 1: a fraction of the kept records; >= 1: a count
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise ValueError(f"format {self.format!r} is not one of {', '.join(FORMATS)}")
+        for key in self.columns:
+            if key not in COLUMN_FIELDS:
+                raise ValueError(f"columns: {key!r} is not a canonical field ({', '.join(COLUMN_FIELDS)})")
+        if not 0 < self.min_tokens <= self.max_tokens:
+            raise ValueError("need 0 < min_tokens <= max_tokens")
+        if self.eval_size <= 0 or (self.eval_size >= 1 and self.eval_size != int(self.eval_size)):
+            raise ValueError("eval_size must be a fraction in (0, 1) or a whole count >= 1")
+        if self.max_records is not None and self.max_records < 1:
+            raise ValueError("max_records must be >= 1 or null")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name_or_path: str = "models/tiny-ko"  # Hub id or local folder; the tokenizer comes from here too
+    revision: str | None = None
+    chat_template: Literal["auto", "llama3", "tokenizer"] = "auto"  # auto: the tokenizer's, else llama3
+    pad_token: str | None = None  # null: the tokenizer's own; must differ from EOS
+    torch_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class TinyModelSection:
+    """The embedded default base: a tiny Llama built and briefly pretrained on data/corpus."""
+
+    bpe_vocab_size: int = 4096  # + 256 Llama-3 special tokens
+    hidden_size: int = 128  # multiple of 64 so bitsandbytes 4-bit blocks fit
+    intermediate_size: int = 384
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2  # grouped-query attention, as in Llama 3
+    max_position_embeddings: int = 1024
+    rope_theta: float = 500000.0
+    pretrain_steps: int = 300  # more: more Korean-like base generations, slower build
+    seq_len: int = 128
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.hidden_size % 64 or self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be a multiple of 64 and of num_attention_heads")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+
+
+@dataclass(frozen=True)
+class QuantSection:
+    load_in_4bit: bool = True  # false: plain LoRA on a 16-bit base (more memory)
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    bnb_4bit_use_double_quant: bool = True  # ~0.4 bit/param less memory, slightly slower
+    bnb_4bit_compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    bnb_4bit_quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
+
+
+@dataclass(frozen=True)
+class LoraSection:
+    lora_r: int = 16  # higher: more capacity and memory
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                       "down_proj")
+    use_rslora: bool = False  # scales by alpha/sqrt(r): helps at high rank
+    use_dora: bool = False  # better at low rank, slower
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+    def __post_init__(self):
+        if self.lora_r < 1 or self.lora_alpha < 1:
+            raise ValueError("lora_r and lora_alpha must be >= 1")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError("lora_dropout must be in [0, 1)")
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one module")
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    learning_rate: float = 1e-3  # the tiny default; 8B presets use 1e-4..2e-4
+    num_train_epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+    per_device_train_batch_size: int = 8
+    per_device_eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False  # true: less memory, ~20-30% slower (GPU presets turn it on)
+    optim: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = "adamw_torch"  # 8-bit ones need CUDA
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_steps: float = 0.05  # < 1: a ratio of all steps
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int = 512  # tokens per example (or per packed sequence)
+    packing: bool = False
+    assistant_only_loss: bool = True  # false: loss on prompt tokens too
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"  # auto: bf16 where supported
+    logging_steps: int = 5
+    eval_steps: int = 20
+    save_steps: int = 20
+    save_total_limit: int | None = 3
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.learning_rate <= 0:
+            raise ValueError("learning_rate must be > 0")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "max_length", "logging_steps", "eval_steps", "save_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError("max_steps must be -1 (use num_train_epochs) or > 0")
+
+
+@dataclass(frozen=True)
+class MergeSection:
+    dtype: Literal["bfloat16", "float16"] = "bfloat16"  # never a 4-bit merge
+    base: Literal["dequantized", "original"] = "dequantized"  # the weights the adapter trained against
+    tolerance: float = 0.05  # max |logits(merged) - logits(base+adapter)|
+    max_shard_size: str = "2GB"
+
+
+DEFAULT_PROMPTS = (
+    "운영체제가 뭐하는 거야?",
+    "김치찌개 맛있게 끓이는 방법을 알려줘.",
+    "한국의 사계절에 대해 설명해 주세요.",
+    "건강한 아침 습관 세 가지를 추천해 줘.",
+    "파이썬에서 리스트와 튜플의 차이는 무엇인가요?",
+)
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    max_new_tokens: int = 128
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 50
+    repetition_penalty: float = 1.1
+    mc_tasks: tuple[str, ...] = ()  # local KoBEST TSV / KMMLU / CLIcK files
+    batch_size: int = 8
+
+    def __post_init__(self):
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
+            raise ValueError("need temperature > 0, 0 < top_p <= 1, max_new_tokens >= 1")
+
+
+@dataclass(frozen=True)
+class PublishSection:
+    repo_id: str | None = None  # e.g. your-name/llama-3-8b-ko-qlora
+    push: bool = False  # true uploads to the Hub (HF_TOKEN from the environment, never from params)
+    private: bool = True
+    what: Literal["adapter", "merged", "both"] = "adapter"
+    license: str | None = None  # null: the base model's
+    language: tuple[str, ...] = ("ko",)
+
+
+SECTIONS = {
+    "data": DataSection, "model": ModelSection, "tiny_model": TinyModelSection, "quant": QuantSection,
+    "lora": LoraSection, "train": TrainSection, "merge": MergeSection, "eval": EvalSection,
+    "publish": PublishSection,
+}
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    tiny_model: TinyModelSection = field(default_factory=TinyModelSection)
+    quant: QuantSection = field(default_factory=QuantSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    merge: MergeSection = field(default_factory=MergeSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    publish: PublishSection = field(default_factory=PublishSection)
+
+    def __post_init__(self):
+        if self.data.max_tokens > self.train.max_length:
+            raise ValueError(f"data.max_tokens ({self.data.max_tokens}) exceeds train.max_length "
+                             f"({self.train.max_length}): prepare would keep examples that training truncates")
+
+
+def params_from_dict(values: dict, origin: Origin | None = None) -> Params:
+    """Validate every section (unknown sections fail too)."""
+    origin = origin or Origin()
+    for name in values:
+        if name not in SECTIONS:
+            raise ConfigError(f"{origin.at(name)}: {name}: unknown section; {suggest(name, list(SECTIONS))}")
+    sections = {name: build(cls, values.get(name), name, origin) for name, cls in SECTIONS.items()}
+    try:
+        return Params(**sections)
+    except ValueError as exc:
+        raise ConfigError(f"{origin.file}: {exc}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    values, lines = read_yaml_with_lines(path)
+    return params_from_dict(values, Origin(str(path), lines))
+
+
+def load_section(path: str | Path, name: str):
+    """One section, validated; the rest of the file is validated too so typos anywhere surface early."""
+    return getattr(load_params(path), name)
+
+
+def section_dict(section) -> dict:
+    return to_dict(section)
