@@ -1,0 +1,78 @@
+"""`dvc repro` of the embedded default in a temporary git repo, as a user runs it from a clone."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+STAGES = ("tiny_model", "fetch", "prepare")
+
+
+def sh(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    """The project's files as a fresh clone has them (tracked and not ignored), in a new git repo."""
+    repo = tmp_path_factory.mktemp("kotune-clone")
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    sh(repo, "git", "init", "-q")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def first_run(clone) -> str:
+    return sh(clone, "dvc", "repro")
+
+
+def lock_outs(repo: Path) -> dict[str, str]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+
+
+def test_repro_runs_every_stage_and_writes_the_outputs(clone, first_run):
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in first_run
+    for path in ("models/tiny-ko/model.safetensors", "data/processed/train.jsonl", "data/processed/eval.jsonl",
+                 "data/processed/rejects.jsonl"):
+        assert (clone / path).stat().st_size > 0
+    metrics = json.loads((clone / "metrics" / "data.json").read_text())
+    assert metrics["records"]["kept"] == 390 and metrics["records"]["rejected"] == 5
+
+
+def test_second_repro_runs_nothing(clone, first_run):
+    second = sh(clone, "dvc", "repro")
+    assert "Running stage" not in second
+    assert "Data and pipelines are up to date" in sh(clone, "dvc", "status")
+
+
+def test_prepare_is_byte_identical_when_forced(clone, first_run):
+    before = lock_outs(clone)
+    sh(clone, "dvc", "repro", "--force", "--single-item", "prepare")
+    assert lock_outs(clone) == before
+
+
+def test_dvc_reads_metrics_params_and_plots(clone, first_run):
+    shown = sh(clone, "dvc", "metrics", "show")
+    assert "metrics/data.json" in shown and "records.kept" in shown
+    assert "data.source" in sh(clone, "dvc", "params", "diff", "--all")
+    assert "plots/data/token_lengths.csv" in sh(clone, "dvc", "plots", "show", "--json")
