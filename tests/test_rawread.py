@@ -55,7 +55,8 @@ def test_cp949_csv(tmp_path):
 def test_text_in_a_jsonl_file_is_read_as_text_blocks(tmp_path):
     # KoChatGPT ships `<<start conversation>>` text under a .jsonl name.
     path = tmp_path / "kochat.jsonl"
-    path.write_text("<<start conversation>>\n<사람>: 안녕\n<챗봇>: 네\n\n<<start conversation>>\n<사람>: 또\n<챗봇>: 응\n")
+    path.write_text("<<start conversation>>\n<사람>: 안녕\n<챗봇>: 네\n\n"
+                    "<<start conversation>>\n<사람>: 또\n<챗봇>: 응\n")
     got = records(path)
     assert [(r.line, r.value["text"]) for r in got] == [(2, "<사람>: 안녕\n<챗봇>: 네"), (6, "<사람>: 또\n<챗봇>: 응")]
 

@@ -38,5 +38,6 @@ def test_corpus_is_separate_from_the_samples():
     """The tiny base must not see eval answers in pretraining, or base-vs-tuned means nothing."""
     corpus = "".join(p.read_text() for p in (ROOT / "data" / "corpus").glob("*.txt"))
     chats = [json.loads(x) for x in (ROOT / "data" / "samples" / "source" / "chats.jsonl").read_text().splitlines()]
-    answers = [m["content"] for c in chats for m in c["messages"] if m["role"] == "assistant" and len(m["content"]) > 40]
+    answers = [m["content"] for c in chats for m in c["messages"]
+               if m["role"] == "assistant" and len(m["content"]) > 40]
     assert not [a for a in answers if a in corpus]

@@ -35,7 +35,8 @@ def test_kochatgpt_text_in_a_jsonl_file(tmp_path, write_params, shared_data):
     assert metrics["records"]["kept"] > 400 and metrics["turns"]["per_record_mean"] > 2
 
 
-@pytest.mark.parametrize("path", ["music_commonsense/dev_dialog.json", "manual_grounded/manual2dial_dial_validation.json"])
+@pytest.mark.parametrize("path", ["music_commonsense/dev_dialog.json",
+                                  "manual_grounded/manual2dial_dial_validation.json"])
 def test_task_dialogues(tmp_path, write_params, shared_data, path):
     metrics = run(tmp_path, write_params(data={"max_tokens": 512}), shared_data / "hg-tods-dialogues" / path)
     assert metrics["records"]["kept"] > 50

@@ -17,7 +17,8 @@ META_LLAMA3_TEMPLATE = (
 )
 CONVERSATIONS = [
     [{"role": "user", "content": "운영체제가 뭐하는 거야?"},
-     {"role": "assistant", "content": "운영체제는 컴퓨터의 자원을 관리하고 프로그램이 실행될 수 있게 돕는 소프트웨어예요."}],
+     {"role": "assistant",
+      "content": "운영체제는 컴퓨터의 자원을 관리하고 프로그램이 실행될 수 있게 돕는 소프트웨어예요."}],
     [{"role": "system", "content": "당신은 친절한 한국어 요리 도우미입니다."},
      {"role": "user", "content": "김치찌개에 참치를 넣어도 돼?"},
      {"role": "assistant", "content": "네, 참치김치찌개도 맛있어요.\n기름을 살짝 빼고 넣으세요."},

@@ -1,8 +1,15 @@
 import pytest
 
 from kotune.config import TinyModelSection
-from kotune.tiny_model import (PAD, build_model, build_tokenizer, llama3_special_tokens, pretrain, read_corpus,
-                               token_stream)
+from kotune.tiny_model import (
+    PAD,
+    build_model,
+    build_tokenizer,
+    llama3_special_tokens,
+    pretrain,
+    read_corpus,
+    token_stream,
+)
 
 from .conftest import ROOT
 

@@ -38,7 +38,8 @@ def options(group: str, conf_dir: str | Path = "conf") -> list[str]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="kotune params", description="compose params.yaml from conf/ presets")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=llama-3.1-8b train.learning_rate=1e-4")
+    parser.add_argument("overrides", nargs="*",
+                        help="Hydra overrides, e.g. model=llama-3.1-8b train.learning_rate=1e-4")
     parser.add_argument("--conf", default="conf")
     parser.add_argument("--out", default="params.yaml")
     args = parser.parse_args(argv)

@@ -107,7 +107,8 @@ def _read_csv(path: Path, text: str, delimiter: str) -> Iterator[RawRecord]:
     for row in reader:
         extra = row.pop(None, None)
         if extra is not None:
-            yield RawRecord(str(path), start, row, error=("extra_fields", f"{len(extra)} more fields than the header has"))
+            error = ("extra_fields", f"{len(extra)} more fields than the header has")
+            yield RawRecord(str(path), start, row, error=error)
         else:
             yield RawRecord(str(path), start, row)
         start = reader.line_num + 1

@@ -8,7 +8,7 @@ from types import ModuleType
 
 from kotune.config import DataSection
 from kotune.errors import KotuneError
-from kotune.formats import alpaca, dialog, descend, messages, text, usr_bot
+from kotune.formats import alpaca, descend, dialog, messages, text, usr_bot
 from kotune.rawread import RawRecord
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,79 @@
+"""One pinned environment for CI, users and the Docker image; the image and workflows lint clean."""
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.unit
+PIN = re.compile(r"^([A-Za-z0-9_.-]+)==([^\s=]+)$")
+
+
+def lock() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            match = PIN.match(line)
+            assert match, f"requirements.lock: not an exact pin: {line!r}"
+            pins[match[1].lower().replace("_", "-")] = match[2]
+    return pins
+
+
+def test_lock_pins_every_declared_dependency():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + project["optional-dependencies"]["dev"]
+    pins = lock()
+    assert not [d for d in declared if d.lower() not in pins]
+    assert pins["torch"] == "2.13.0"
+
+
+def test_this_environment_is_exactly_the_lock():
+    """What CI (and the image, which installs the same file) runs with is what the lock says."""
+    wrong = {}
+    for name, version in lock().items():
+        installed = metadata.version(name)
+        if installed.split("+")[0] != version:
+            wrong[name] = (version, installed)
+    assert not wrong
+
+
+def test_dockerfile_installs_only_the_lock():
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    installs = re.findall(r"pip install ([^\n&]+)", text)
+    assert installs == ["-r requirements.lock", "--no-deps -e ."]
+    assert "COPY requirements.lock" in text and "HF_TOKEN" not in text.split("FROM", 1)[1].replace("-e HF_TOKEN", "")
+
+
+def run_tool(*args):
+    beside_python = Path(sys.executable).parent / args[0]
+    tool = str(beside_python) if beside_python.exists() else shutil.which(args[0])
+    assert tool, f"{args[0]} is missing: it is pinned in requirements.lock"
+    result = subprocess.run([tool, *args[1:]], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_lints_clean():
+    run_tool("hadolint", "docker/Dockerfile")
+
+
+@pytest.mark.parametrize("workflow", sorted((ROOT / ".github" / "workflows").glob("*.yml")), ids=lambda p: p.name)
+def test_workflows_lint_clean(workflow):
+    run_tool("actionlint", str(workflow))
+    run_tool("check-jsonschema", "--builtin-schema", "vendor.github-workflows", str(workflow))
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme and "make repro" in readme
+
+
+def test_code_lints_clean():
+    run_tool("ruff", "check", "src", "tests", "scripts")
