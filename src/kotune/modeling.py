@@ -6,19 +6,10 @@ import logging
 from pathlib import Path
 
 from kotune.config import ModelSection
-from kotune.errors import KotuneError
+from kotune.errors import KotuneError, hub_unreachable_message
 from kotune.template import choose_chat_template
 
 log = logging.getLogger(__name__)
-
-
-def hub_unreachable_message(what: str, name: str, exc: Exception) -> str:
-    return (
-        f"cannot load {what} '{name}': it is not a local path and the Hugging Face Hub could not be "
-        f"reached or it is not cached ({type(exc).__name__}). Either download it where there is network "
-        f"(`hf download {name}`) and point HF_HOME at that cache with HF_HUB_OFFLINE=1, or set the "
-        f"param to a local folder."
-    )
 
 
 def load_tokenizer(model: ModelSection):

@@ -19,9 +19,8 @@ from tqdm import tqdm
 
 from kotune.atomic import atomic_dir
 from kotune.config import DataSection, load_section
-from kotune.errors import KotuneError
+from kotune.errors import KotuneError, hub_unreachable_message
 from kotune.logs import log_config
-from kotune.modeling import hub_unreachable_message
 from kotune.rawread import READABLE, list_raw_files
 
 log = logging.getLogger("kotune.fetch")
