@@ -27,7 +27,6 @@ class Outcome:
     stats: Counter = field(default_factory=Counter)
 
     def reject(self, origin: dict, reason: str, detail: str, record) -> None:
-        self.stats[f"reject.{reason}"] += 1
         self.rejects.append({**origin, "reason": reason, "detail": detail, "record": public(record)})
 
 
