@@ -52,17 +52,39 @@ def tiny_tokenizer(tiny_tokenizer_dir):
     return load_tokenizer(ModelSection(name_or_path=str(tiny_tokenizer_dir)))
 
 
-@pytest.fixture
-def write_params(tmp_path, tiny_tokenizer_dir):
-    """Write a params.yaml: the committed defaults with some sections' keys overridden."""
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A tiny base model like the tiny_model stage's, briefly pretrained (a few seconds)."""
+    import torch
+    from transformers import AutoTokenizer
 
+    from kotune.config import TinyModelSection
+    from kotune.tiny_model import build_model, pretrain, read_corpus, token_stream
+
+    cfg = TinyModelSection(pretrain_steps=60)
+    torch.manual_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    model = build_model(tokenizer, cfg)
+    pretrain(model, token_stream(tokenizer, read_corpus(ROOT / "data" / "corpus")), cfg)
+    out = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def params_file(path: Path, model_dir: Path, **sections) -> Path:
+    """The committed params.yaml with the tiny test model and some sections' keys overridden."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params["model"]["name_or_path"] = str(model_dir)
+    for name, values in sections.items():
+        params[name].update(values)
+    path.write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def write_params(tmp_path, tiny_model_dir):
     def write(**sections) -> Path:
-        params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-        params["model"]["name_or_path"] = str(tiny_tokenizer_dir)
-        for name, values in sections.items():
-            params[name].update(values)
-        path = tmp_path / "params.yaml"
-        path.write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
-        return path
+        return params_file(tmp_path / "params.yaml", tiny_model_dir, **sections)
 
     return write

@@ -13,7 +13,7 @@ import yaml
 from .conftest import ROOT
 
 pytestmark = pytest.mark.e2e
-STAGES = ("tiny_model", "fetch", "prepare")
+STAGES = ("tiny_model", "fetch", "prepare", "train")
 
 
 def sh(cwd: Path, *args: str) -> str:
@@ -53,10 +53,14 @@ def test_repro_runs_every_stage_and_writes_the_outputs(clone, first_run):
     for stage in STAGES:
         assert f"Running stage '{stage}'" in first_run
     for path in ("models/tiny-ko/model.safetensors", "data/processed/train.jsonl", "data/processed/eval.jsonl",
-                 "data/processed/rejects.jsonl"):
+                 "data/processed/rejects.jsonl", "models/adapter/adapter_model.safetensors",
+                 "plots/train/steps.csv", "plots/train/eval.csv"):
         assert (clone / path).stat().st_size > 0
     metrics = json.loads((clone / "metrics" / "data.json").read_text())
     assert metrics["records"]["kept"] == 390 and metrics["records"]["rejected"] == 5
+    trained = json.loads((clone / "metrics" / "train.json").read_text())
+    assert trained["final_loss"] <= 0.95 * trained["first_loss"] and trained["eval_loss"] < trained["first_loss"]
+    assert list((clone / "logs" / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_second_repro_runs_nothing(clone, first_run):
@@ -75,4 +79,12 @@ def test_dvc_reads_metrics_params_and_plots(clone, first_run):
     shown = sh(clone, "dvc", "metrics", "show")
     assert "metrics/data.json" in shown and "records.kept" in shown
     assert "data.source" in sh(clone, "dvc", "params", "diff", "--all")
-    assert "plots/data/token_lengths.csv" in sh(clone, "dvc", "plots", "show", "--json")
+    plots = sh(clone, "dvc", "plots", "show", "--json")
+    assert "plots/data/token_lengths.csv" in plots and "Loss" in plots and "plots/train/eval.csv" in plots
+
+
+def test_checkpoints_are_versioned_by_dvc(clone, first_run):
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())
+    outs = {out["path"] for out in lock["stages"]["train"]["outs"]}
+    assert {"models/adapter", "models/checkpoints", "logs/tensorboard"} <= outs
+    assert "checkpoints" in (clone / "models" / ".gitignore").read_text()

@@ -1,6 +1,6 @@
 """`kotune <stage>`: a thin dispatcher; each stage module parses its own arguments.
 
-    kotune tiny-model|fetch|prepare [--help]    the DVC stages
+    kotune tiny-model|fetch|prepare|train [--help]    the DVC stages
     kotune params [group=option ...]           compose params.yaml from conf/ presets
 """
 
@@ -17,6 +17,7 @@ COMMANDS = {
     "tiny-model": "kotune.stages.tiny_model",
     "fetch": "kotune.stages.fetch",
     "prepare": "kotune.stages.prepare",
+    "train": "kotune.stages.train",
     "params": "kotune.presets",
 }
 

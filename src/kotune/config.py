@@ -148,8 +148,8 @@ class LoraSection:
 
 @dataclass(frozen=True)
 class TrainSection:
-    learning_rate: float = 1e-3  # the tiny default; 8B presets use 1e-4..2e-4
-    num_train_epochs: float = 1.0
+    learning_rate: float = 2e-3  # the tiny default; 8B presets use 1e-4..2e-4
+    num_train_epochs: float = 2.0
     max_steps: int = -1  # > 0 overrides num_train_epochs
     per_device_train_batch_size: int = 8
     per_device_eval_batch_size: int = 8
@@ -163,7 +163,8 @@ class TrainSection:
     max_length: int = 512  # tokens per example (or per packed sequence)
     packing: bool = False
     assistant_only_loss: bool = True  # false: loss on prompt tokens too
-    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"  # auto: bf16 where supported
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"  # auto: bf16 on CUDA where supported, else fp32
+    device: Literal["auto", "cuda", "cpu"] = "auto"  # cuda: fail rather than crawl along on the CPU
     logging_steps: int = 5
     eval_steps: int = 20
     save_steps: int = 20

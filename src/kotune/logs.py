@@ -36,6 +36,9 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
     for noisy in ("httpx", "urllib3", "filelock", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes warns on every CPU run that an optional Hub-downloaded kernel is missing, then uses
+    # its built-in CPU path; the warning would teach users to ignore warnings.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def log_config(logger: logging.Logger, name: str, section) -> None:

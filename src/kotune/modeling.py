@@ -1,11 +1,13 @@
-"""Load the base model's tokenizer (and, in later stages, the model) from a local folder or the Hub."""
+"""Load the base model and its tokenizer (local folder or Hub id), the 4-bit and LoRA configs from params."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import time
 from pathlib import Path
 
-from kotune.config import ModelSection
+from kotune.config import LoraSection, ModelSection, QuantSection
 from kotune.errors import KotuneError, hub_unreachable_message
 from kotune.template import choose_chat_template
 
@@ -37,3 +39,74 @@ def load_tokenizer(model: ModelSection):
             "set model.pad_token to a reserved token such as <|reserved_special_token_250|>"
         )
     return tokenizer
+
+
+def resolve_device(requested: str) -> str:
+    """`cuda` when asked for or available; asking for CUDA without one is an error, not a slow CPU run."""
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise KotuneError("train.device is 'cuda' but no CUDA device is visible (torch.cuda.is_available() is "
+                          "False): run on a GPU machine or in the Docker image with --gpus all, "
+                          "or set train.device: cpu")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def torch_dtype(name: str, device: str):
+    """`auto`: bf16 on CUDA where supported (fp16 on older GPUs), fp32 on the CPU."""
+    import torch
+
+    if name == "auto":
+        if device != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return getattr(torch, name)
+
+
+def bnb_config(quant: QuantSection, device: str):
+    """bitsandbytes' BitsAndBytesConfig from params, or None for a 16-bit LoRA base."""
+    if not quant.load_in_4bit:
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise KotuneError("quant.load_in_4bit needs bitsandbytes, which is not installed: install the project's "
+                          "requirements.lock (make venv) or set quant.load_in_4bit: false")
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=quant.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=quant.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=torch_dtype(quant.bnb_4bit_compute_dtype, device),
+        bnb_4bit_quant_storage=getattr(torch, quant.bnb_4bit_quant_storage),
+    )
+
+
+def load_base_model(model: ModelSection, quant: QuantSection, device: str):
+    """The base model, 4-bit when quant.load_in_4bit, placed whole on `device`; logs load time and memory."""
+    from transformers import AutoModelForCausalLM
+
+    started = time.perf_counter()
+    try:
+        base = AutoModelForCausalLM.from_pretrained(
+            model.name_or_path, revision=model.revision, trust_remote_code=model.trust_remote_code,
+            quantization_config=bnb_config(quant, device), dtype=torch_dtype(model.torch_dtype, device),
+            attn_implementation=model.attn_implementation, device_map={"": 0 if device == "cuda" else "cpu"},
+        )
+    except OSError as exc:
+        if Path(model.name_or_path).exists():
+            raise KotuneError(f"cannot load the model from {model.name_or_path}: {exc}") from None
+        raise KotuneError(hub_unreachable_message("model", model.name_or_path, exc)) from None
+    log.info("loaded %s in %.1f s: %s, %.1f MiB in memory", model.name_or_path, time.perf_counter() - started,
+             "4-bit " + quant.bnb_4bit_quant_type if quant.load_in_4bit else str(base.dtype),
+             base.get_memory_footprint() / 2**20)
+    return base
+
+
+def lora_config(lora: LoraSection):
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+                      target_modules=list(lora.target_modules), use_rslora=lora.use_rslora, use_dora=lora.use_dora,
+                      bias=lora.bias, task_type="CAUSAL_LM")

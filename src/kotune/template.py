@@ -47,3 +47,20 @@ def render(tokenizer, record: dict) -> str:
 def render_prompt(tokenizer, messages: list[dict]) -> str:
     """The inference prompt: the conversation so far plus the assistant header."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def has_generation_markers(template: str | None) -> bool:
+    return bool(template) and "generation %}" in template
+
+
+def ensure_generation_markers(tokenizer) -> None:
+    """Assistant-only loss needs `{% generation %}` markers. A template that renders exactly like Llama-3's
+    (Meta's own, for instance) is swapped for ours, which carries them; others are left to TRL, which
+    patches the templates it knows and says so for the rest."""
+    if has_generation_markers(tokenizer.chat_template) or END_OF_TURN not in tokenizer.get_vocab():
+        return
+    probe = [{"role": "system", "content": "시스템"}, {"role": "user", "content": "질문"},
+             {"role": "assistant", "content": "답변"}]
+    theirs = tokenizer.apply_chat_template(probe, tokenize=False)
+    if theirs == tokenizer.apply_chat_template(probe, tokenize=False, chat_template=LLAMA3_CHAT_TEMPLATE):
+        tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE

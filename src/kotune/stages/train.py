@@ -1,0 +1,170 @@
+"""train: QLoRA fine-tuning with TRL's SFTTrainer on data/processed, resumable, fully tracked.
+
+    kotune train --params params.yaml --data data/processed --adapter models/adapter \
+        --checkpoints models/checkpoints --tensorboard logs/tensorboard --metrics metrics/train.json \
+        --plots plots/train
+
+Builds BitsAndBytesConfig, LoraConfig and SFTConfig from params.yaml; resumes from the latest
+complete checkpoint of the same run (see kotune.checkpoints); writes the adapter (safetensors),
+tokenizer and resolved config, TensorBoard events at a stable path, metrics and per-step plot data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import yaml
+
+from kotune import checkpoints, training
+from kotune.atomic import atomic_dir, write_json
+from kotune.config import Params, load_params
+from kotune.errors import KotuneError
+from kotune.logs import log_config
+from kotune.modeling import load_base_model, load_tokenizer, lora_config, resolve_device
+from kotune.template import ensure_generation_markers
+from kotune.typed_config import to_dict
+
+log = logging.getLogger("kotune.train")
+TRACKED_SECTIONS = ("model", "quant", "lora", "train")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kotune train", description=__doc__.split("\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", required=True, help="folder with train.jsonl and eval.jsonl (data/processed)")
+    parser.add_argument("--adapter", required=True, help="output folder for the final adapter")
+    parser.add_argument("--checkpoints", required=True, help="checkpoint folder (persists between runs)")
+    parser.add_argument("--tensorboard", required=True, help="TensorBoard event folder")
+    parser.add_argument("--metrics", required=True, help="JSON metrics file")
+    parser.add_argument("--plots", required=True, help="folder for steps.csv and eval.csv")
+    return parser.parse_args(argv)
+
+
+def run_fingerprint(params: Params, data: Path) -> str:
+    sections = {name: to_dict(getattr(params, name)) for name in TRACKED_SECTIONS}
+    return checkpoints.fingerprint(sections, [data / "train.jsonl", data / "eval.jsonl"], params.model.name_or_path)
+
+
+def load_data(data: Path):
+    train_records = training.read_records(data / "train.jsonl")
+    if not train_records:
+        raise KotuneError(f"{data}/train.jsonl has no training examples: see {data}/rejects.jsonl and "
+                          "metrics/data.json for what prepare set aside")
+    train_set, conversational = training.to_dataset(train_records, data / "train.jsonl")
+    eval_records = training.read_records(data / "eval.jsonl")
+    eval_set = training.to_dataset(eval_records, data / "eval.jsonl")[0] if eval_records else None
+    log.info("%d training and %d eval %s", len(train_set), len(eval_records),
+             "conversations" if conversational else "text records")
+    return train_set, eval_set, conversational
+
+
+def build_trainer(params: Params, args, device: str, fingerprint: str, data):
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+    from trl import SFTTrainer
+
+    train_set, eval_set, conversational = data
+    tokenizer = load_tokenizer(params.model)
+    if params.train.assistant_only_loss and conversational:
+        ensure_generation_markers(tokenizer)
+    model = load_base_model(params.model, params.quant, device)
+    config = training.sft_config(params.train, device, Path(args.checkpoints), conversational, eval_set is not None)
+    trainer = SFTTrainer(
+        model=model, args=config, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
+        peft_config=lora_config(params.lora), callbacks=[
+            checkpoints.MarkComplete(fingerprint),
+            TensorBoardCallback(SummaryWriter(log_dir=args.tensorboard)),
+        ],
+    )
+    # First, so peak memory is in the log dict before the progress output and TensorBoard read it.
+    trainer.callback_handler.callbacks.insert(0, training.PeakMemory(device))
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    log.info("trainable LoRA parameters: %d (%.2f%% of %d)", trainable,
+             100 * trainable / sum(p.numel() for p in trainer.model.parameters()),
+             sum(p.numel() for p in trainer.model.parameters()))
+    return trainer, tokenizer
+
+
+def start_or_resume(args, fingerprint: str) -> Path | None:
+    resume = checkpoints.resumable_checkpoint(Path(args.checkpoints), fingerprint)
+    if resume is None:
+        # A fresh run: TensorBoard events of an earlier run would interleave with this one's.
+        shutil.rmtree(args.tensorboard, ignore_errors=True)
+        log.info("starting from step 0")
+    else:
+        log.info("resuming from %s (same params, data and base model)", resume)
+    return resume
+
+
+def run_training(trainer, resume: Path | None, params: Params):
+    import torch
+
+    try:
+        return trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except torch.OutOfMemoryError:
+        train = params.train
+        raise KotuneError(
+            f"CUDA out of memory at micro-batch {train.per_device_train_batch_size} x max_length "
+            f"{train.max_length}: lower train.per_device_train_batch_size (raise gradient_accumulation_steps to keep "
+            "the effective batch), lower train.max_length"
+            + ("" if train.gradient_checkpointing else ", or set train.gradient_checkpointing: true")
+        ) from None
+
+
+def save_adapter(trainer, tokenizer, params: Params, fingerprint: str, out: str) -> None:
+    with atomic_dir(out) as tmp:
+        trainer.model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        resolved = {name: to_dict(getattr(params, name)) for name in TRACKED_SECTIONS}
+        (tmp / "kotune_config.yaml").write_text(
+            yaml.safe_dump({"fingerprint": fingerprint, **resolved}, allow_unicode=True, sort_keys=False),
+            encoding="utf-8")
+    log.info("saved the adapter, tokenizer and resolved config to %s", out)
+
+
+def write_results(trainer, result, args, device: str, wall: float, resume: Path | None) -> None:
+    steps, evals = training.history_rows(trainer.state.log_history)
+    training.write_csv(Path(args.plots) / "steps.csv", steps,
+                       ["step", "loss", "learning_rate", "grad_norm", "tokens_per_second"])
+    training.write_csv(Path(args.plots) / "eval.csv", evals, ["step", "eval_loss"])
+    tokens = trainer.state.num_input_tokens_seen
+    write_json(args.metrics, {
+        "first_loss": steps[0]["loss"] if steps else None, "final_loss": steps[-1]["loss"] if steps else None,
+        "mean_train_loss": round(result.training_loss, 4), "eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0, 3),
+        "tokens": tokens, "tokens_per_second": round(result.metrics.get("train_tokens_per_second", 0)
+                                                      or tokens / max(wall, 1e-9), 1),
+        "peak_memory_gib": round(training.peak_memory_gib(device), 3), "wall_seconds": round(wall, 1),
+        "resumed_from_step": checkpoints.step_of(resume) if resume else 0,
+    })
+
+
+def main(argv=None) -> None:
+    from transformers import set_seed
+
+    # transformers 5.23 renamed gradient_checkpointing; SFTConfig keeps the old name, which older
+    # transformers (5.17 on the GPU image) still need.
+    warnings.filterwarnings("ignore", r".*gradient_checkpointing.* is deprecated", FutureWarning)
+
+    args = parse_args(argv)
+    params = load_params(args.params)
+    set_seed(params.train.seed)
+    for name in TRACKED_SECTIONS:
+        log_config(log, name, getattr(params, name))
+    device = resolve_device(params.train.device)
+    log.info("device: %s", device)
+    fingerprint = run_fingerprint(params, Path(args.data))
+    resume = start_or_resume(args, fingerprint)
+    data = load_data(Path(args.data))
+    trainer, tokenizer = build_trainer(params, args, device, fingerprint, data)
+    started = time.perf_counter()
+    result = run_training(trainer, resume, params)
+    wall = time.perf_counter() - started
+    save_adapter(trainer, tokenizer, params, fingerprint, args.adapter)
+    write_results(trainer, result, args, device, wall, resume)
+    log.info("done: %d steps in %.1f s", trainer.state.global_step, wall)

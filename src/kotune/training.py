@@ -1,0 +1,97 @@
+"""What the train stage hands TRL, and what it reads back: SFTConfig, datasets, callbacks, metrics, plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import resource
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from kotune.atomic import atomic_file
+from kotune.config import TrainSection
+from kotune.errors import KotuneError
+
+
+def read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def to_dataset(records: list[dict], where: Path):
+    """Conversations keep only `messages` (TRL renders them with the chat template); raw text keeps `text`."""
+    from datasets import Dataset
+
+    kinds = {"messages" if "messages" in r else "text" for r in records}
+    if len(kinds) > 1:
+        raise KotuneError(f"{where}: mixes conversations and raw-text records; prepare one kind per run")
+    kind = kinds.pop() if kinds else "messages"
+    return Dataset.from_list([{kind: r[kind]} for r in records]), kind == "messages"
+
+
+def sft_config(train: TrainSection, device: str, output_dir: Path, conversational: bool, has_eval: bool):
+    """TRL's SFTConfig from params.yaml's train section (the same field names)."""
+    import torch
+    from trl import SFTConfig
+
+    bf16 = fp16 = False
+    if device == "cuda" and train.mixed_precision != "no":
+        bf16 = train.mixed_precision == "bf16" or (train.mixed_precision == "auto" and torch.cuda.is_bf16_supported())
+        fp16 = not bf16
+    elif train.mixed_precision in ("bf16", "fp16"):
+        raise KotuneError(f"train.mixed_precision {train.mixed_precision} needs CUDA; use auto or no on the CPU")
+    warmup = train.warmup_steps if train.warmup_steps < 1 else int(train.warmup_steps)
+    return SFTConfig(
+        output_dir=str(output_dir), learning_rate=train.learning_rate, num_train_epochs=train.num_train_epochs,
+        max_steps=train.max_steps, per_device_train_batch_size=train.per_device_train_batch_size,
+        per_device_eval_batch_size=train.per_device_eval_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        gradient_checkpointing=train.gradient_checkpointing, optim=train.optim,
+        lr_scheduler_type=train.lr_scheduler_type, warmup_steps=warmup, weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm, max_length=train.max_length, packing=train.packing,
+        # Raw text has no assistant turns: the whole text is the target.
+        assistant_only_loss=train.assistant_only_loss and conversational,
+        bf16=bf16, fp16=fp16, use_cpu=device == "cpu", seed=train.seed, data_seed=train.seed,
+        logging_steps=train.logging_steps, logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no", eval_steps=train.eval_steps,
+        save_strategy="steps", save_steps=train.save_steps, save_total_limit=train.save_total_limit,
+        include_num_input_tokens_seen="non_padding", report_to="none",
+    )
+
+
+def peak_memory_gib(device: str) -> float:
+    """CUDA: the allocator's peak; CPU: the process's peak resident set."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class PeakMemory(TrainerCallback):
+    """Adds peak memory to every training log line (transformers already adds train_tokens_per_second),
+    so the progress output, TensorBoard and the history carry it."""
+
+    def __init__(self, device: str):
+        self.device = device
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and "loss" in logs:
+            logs["peak_memory_gib"] = round(peak_memory_gib(self.device), 3)
+        return control
+
+
+def history_rows(log_history: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Per-step training rows and per-evaluation rows from the Trainer's log history."""
+    steps = [{"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate"),
+              "grad_norm": h.get("grad_norm"), "tokens_per_second": h.get("train_tokens_per_second")}
+             for h in log_history if "loss" in h]
+    evals = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in log_history if "eval_loss" in h]
+    return steps, evals
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    with atomic_file(path) as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
