@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import resource
+import time
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -68,23 +69,41 @@ def peak_memory_gib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-class PeakMemory(TrainerCallback):
-    """Adds peak memory to every training log line (transformers already adds train_tokens_per_second),
-    so the progress output, TensorBoard and the history carry it."""
+class StepStats(TrainerCallback):
+    """Adds to every training log line the peak memory and the throughput since the previous log line
+    (transformers adds only the run's average, train_tokens_per_second, which includes warm-up), so
+    the progress output, TensorBoard and the history carry both."""
 
     def __init__(self, device: str):
-        self.device = device
+        self.device, self.last = device, None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None and "loss" in logs:
-            logs["peak_memory_gib"] = round(peak_memory_gib(self.device), 3)
+        if logs is None or "loss" not in logs:
+            return control
+        now = time.perf_counter()
+        if self.last is not None:
+            seconds, tokens = now - self.last[0], state.num_input_tokens_seen - self.last[1]
+            logs["window_tokens_per_second"] = round(tokens / max(seconds, 1e-9), 1)
+        self.last = (now, state.num_input_tokens_seen)
+        logs["peak_memory_gib"] = round(peak_memory_gib(self.device), 3)
+        # The Trainer appended a copy of `logs` to the history before calling back: update that entry too.
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update({k: v for k, v in logs.items() if k not in state.log_history[-1]})
         return control
+
+
+def steady_tokens_per_second(steps: list[dict]) -> float | None:
+    """Median logged throughput after the first fifth of the run (compilation, allocator and cache warm-up)."""
+    windows = [s["window_tokens_per_second"] for s in steps if s.get("window_tokens_per_second")]
+    windows = sorted(windows[len(windows) // 5:])
+    return windows[len(windows) // 2] if windows else None
 
 
 def history_rows(log_history: list[dict]) -> tuple[list[dict], list[dict]]:
     """Per-step training rows and per-evaluation rows from the Trainer's log history."""
     steps = [{"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate"),
-              "grad_norm": h.get("grad_norm"), "tokens_per_second": h.get("train_tokens_per_second")}
+              "grad_norm": h.get("grad_norm"), "tokens_per_second": h.get("train_tokens_per_second"),
+              "window_tokens_per_second": h.get("window_tokens_per_second")}
              for h in log_history if "loss" in h]
     evals = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in log_history if "eval_loss" in h]
     return steps, evals

@@ -72,7 +72,9 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
     tokenizer = load_tokenizer(params.model)
     if params.train.assistant_only_loss and conversational:
         ensure_generation_markers(tokenizer)
+    started = time.perf_counter()
     model = load_base_model(params.model, params.quant, device)
+    load_seconds = time.perf_counter() - started
     config = training.sft_config(params.train, device, Path(args.checkpoints), conversational, eval_set is not None)
     trainer = SFTTrainer(
         model=model, args=config, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
@@ -81,13 +83,13 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
             TensorBoardCallback(SummaryWriter(log_dir=args.tensorboard)),
         ],
     )
-    # First, so peak memory is in the log dict before the progress output and TensorBoard read it.
-    trainer.callback_handler.callbacks.insert(0, training.PeakMemory(device))
+    # First, so its figures are in the log dict before the progress output and TensorBoard read it.
+    trainer.callback_handler.callbacks.insert(0, training.StepStats(device))
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     log.info("trainable LoRA parameters: %d (%.2f%% of %d)", trainable,
              100 * trainable / sum(p.numel() for p in trainer.model.parameters()),
              sum(p.numel() for p in trainer.model.parameters()))
-    return trainer, tokenizer
+    return trainer, tokenizer, load_seconds
 
 
 def start_or_resume(args, fingerprint: str) -> Path | None:
@@ -127,19 +129,20 @@ def save_adapter(trainer, tokenizer, params: Params, fingerprint: str, out: str)
     log.info("saved the adapter, tokenizer and resolved config to %s", out)
 
 
-def write_results(trainer, result, args, device: str, wall: float, resume: Path | None) -> None:
+def write_results(trainer, result, args, device: str, timings: dict, resume: Path | None) -> None:
     steps, evals = training.history_rows(trainer.state.log_history)
     training.write_csv(Path(args.plots) / "steps.csv", steps,
-                       ["step", "loss", "learning_rate", "grad_norm", "tokens_per_second"])
+                       ["step", "loss", "learning_rate", "grad_norm", "tokens_per_second", "window_tokens_per_second"])
     training.write_csv(Path(args.plots) / "eval.csv", evals, ["step", "eval_loss"])
     tokens = trainer.state.num_input_tokens_seen
     write_json(args.metrics, {
         "first_loss": steps[0]["loss"] if steps else None, "final_loss": steps[-1]["loss"] if steps else None,
         "mean_train_loss": round(result.training_loss, 4), "eval_loss": evals[-1]["eval_loss"] if evals else None,
         "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0, 3),
-        "tokens": tokens, "tokens_per_second": round(result.metrics.get("train_tokens_per_second", 0)
-                                                      or tokens / max(wall, 1e-9), 1),
-        "peak_memory_gib": round(training.peak_memory_gib(device), 3), "wall_seconds": round(wall, 1),
+        "tokens": tokens, "tokens_per_second": round(tokens / max(timings["train"], 1e-9), 1),
+        "steady_tokens_per_second": training.steady_tokens_per_second(steps),
+        "peak_memory_gib": round(training.peak_memory_gib(device), 3),
+        "model_load_seconds": round(timings["load"], 1), "wall_seconds": round(timings["train"], 1),
         "resumed_from_step": checkpoints.step_of(resume) if resume else 0,
     })
 
@@ -161,10 +164,10 @@ def main(argv=None) -> None:
     fingerprint = run_fingerprint(params, Path(args.data))
     resume = start_or_resume(args, fingerprint)
     data = load_data(Path(args.data))
-    trainer, tokenizer = build_trainer(params, args, device, fingerprint, data)
+    trainer, tokenizer, load_seconds = build_trainer(params, args, device, fingerprint, data)
     started = time.perf_counter()
     result = run_training(trainer, resume, params)
-    wall = time.perf_counter() - started
+    timings = {"load": load_seconds, "train": time.perf_counter() - started}
     save_adapter(trainer, tokenizer, params, fingerprint, args.adapter)
-    write_results(trainer, result, args, device, wall, resume)
-    log.info("done: %d steps in %.1f s", trainer.state.global_step, wall)
+    write_results(trainer, result, args, device, timings, resume)
+    log.info("done: %d steps in %.1f s", trainer.state.global_step, timings["train"])
