@@ -88,3 +88,7 @@ def test_checkpoints_are_versioned_by_dvc(clone, first_run):
     outs = {out["path"] for out in lock["stages"]["train"]["outs"]}
     assert {"models/adapter", "models/checkpoints", "logs/tensorboard"} <= outs
     assert "checkpoints" in (clone / "models" / ".gitignore").read_text()
+    saved = sorted(p.name for p in (clone / "models" / "checkpoints").glob("checkpoint-*"))
+    shutil.rmtree(clone / "models" / "checkpoints")
+    sh(clone, "dvc", "checkout", "models/checkpoints")  # from DVC's cache, as after a checkout of a commit
+    assert sorted(p.name for p in (clone / "models" / "checkpoints").glob("checkpoint-*")) == saved and saved

@@ -239,3 +239,19 @@ def test_qlora_on_cuda(tmp_path, tiny_model_dir, processed):
     train.main(stage_args(tmp_path, params, processed))
     metrics = json.loads((tmp_path / "train.json").read_text())
     assert metrics["final_loss"] <= 0.95 * metrics["first_loss"] and metrics["peak_memory_gib"] > 0
+
+
+def test_cuda_out_of_memory_says_what_to_lower():
+    import torch
+
+    from kotune.config import Params
+
+    class Exhausted:
+        def train(self, resume_from_checkpoint=None):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(KotuneError) as err:
+        train.run_training(Exhausted(), None, Params())
+    message = str(err.value)
+    assert "per_device_train_batch_size" in message and "max_length" in message
+    assert "gradient_checkpointing: true" in message

@@ -85,10 +85,8 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
     )
     # First, so its figures are in the log dict before the progress output and TensorBoard read it.
     trainer.callback_handler.callbacks.insert(0, training.StepStats(device))
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    log.info("trainable LoRA parameters: %d (%.2f%% of %d)", trainable,
-             100 * trainable / sum(p.numel() for p in trainer.model.parameters()),
-             sum(p.numel() for p in trainer.model.parameters()))
+    trainable, total = trainer.model.get_nb_trainable_parameters()  # PEFT counts 4-bit weights unpacked
+    log.info("trainable LoRA parameters: %d (%.2f%% of %d)", trainable, 100 * trainable / total, total)
     return trainer, tokenizer, load_seconds
 
 
