@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,40 @@ def write_params(tmp_path, tiny_model_dir):
         return params_file(tmp_path / "params.yaml", tiny_model_dir, **sections)
 
     return write
+
+
+# Short, fast runs: 24 steps of 4 conversations (12 epochs of 8: the adapter must fit them), a checkpoint
+# every 8 steps.
+FAST = {"max_steps": 24, "save_steps": 8, "eval_steps": 8, "logging_steps": 1, "learning_rate": 5e-3,
+        "per_device_train_batch_size": 4, "per_device_eval_batch_size": 4, "max_length": 256}
+DATA = {"max_tokens": 256, "max_records": 12, "eval_size": 4}
+
+
+@pytest.fixture(scope="session")
+def processed(tmp_path_factory, tiny_model_dir) -> Path:
+    """The embedded default's data, prepared with the tiny test model's tokenizer."""
+    root = tmp_path_factory.mktemp("processed")
+    (root / "raw").mkdir()
+    shutil.copyfile(ROOT / "data" / "samples" / "messages.jsonl", root / "raw" / "messages.jsonl")
+    params = params_file(root / "params.yaml", tiny_model_dir, data=DATA, train={"max_length": 256})
+    from kotune.stages import prepare
+
+    prepare.main(["--params", str(params), "--raw", str(root / "raw"), "--out", str(root / "out"),
+                  "--metrics", str(root / "m.json"), "--plot", str(root / "p.csv")])
+    return root / "out"
+
+
+def stage_args(work: Path, params: Path, data: Path) -> list[str]:
+    return ["--params", str(params), "--data", str(data), "--adapter", str(work / "adapter"),
+            "--checkpoints", str(work / "checkpoints"), "--tensorboard", str(work / "tb"),
+            "--metrics", str(work / "train.json"), "--plots", str(work / "plots")]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tiny_model_dir, processed) -> Path:
+    work = tmp_path_factory.mktemp("train")
+    params = params_file(work / "params.yaml", tiny_model_dir, data=DATA, train=FAST)
+    from kotune.stages import train
+
+    train.main(stage_args(work, params, processed))
+    return work

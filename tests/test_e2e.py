@@ -13,7 +13,7 @@ import yaml
 from .conftest import ROOT
 
 pytestmark = pytest.mark.e2e
-STAGES = ("tiny_model", "fetch", "prepare", "train")
+STAGES = ("tiny_model", "fetch", "prepare", "train", "merge", "evaluate", "publish")
 
 
 def sh(cwd: Path, *args: str) -> str:
@@ -54,13 +54,19 @@ def test_repro_runs_every_stage_and_writes_the_outputs(clone, first_run):
         assert f"Running stage '{stage}'" in first_run
     for path in ("models/tiny-ko/model.safetensors", "data/processed/train.jsonl", "data/processed/eval.jsonl",
                  "data/processed/rejects.jsonl", "models/adapter/adapter_model.safetensors",
-                 "plots/train/steps.csv", "plots/train/eval.csv"):
+                 "plots/train/steps.csv", "plots/train/eval.csv", "models/merged/model.safetensors",
+                 "reports/eval.html", "reports/eval.md", "models/publish/README.md",
+                 "models/publish/adapter/adapter_model.safetensors"):
         assert (clone / path).stat().st_size > 0
     metrics = json.loads((clone / "metrics" / "data.json").read_text())
     assert metrics["records"]["kept"] == 390 and metrics["records"]["rejected"] == 5
     trained = json.loads((clone / "metrics" / "train.json").read_text())
     assert trained["final_loss"] <= 0.95 * trained["first_loss"] and trained["eval_loss"] < trained["first_loss"]
     assert list((clone / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    evals = json.loads((clone / "metrics" / "eval.json").read_text())
+    assert evals["merged"]["eval_loss"] < evals["base"]["eval_loss"]  # the tuned model beats its base
+    merged = json.loads((clone / "metrics" / "merge.json").read_text())
+    assert merged["max_abs_logit_diff"] <= merged["tolerance"]
 
 
 def test_second_repro_runs_nothing(clone, first_run):

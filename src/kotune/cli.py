@@ -1,7 +1,8 @@
 """`kotune <stage>`: a thin dispatcher; each stage module parses its own arguments.
 
-    kotune tiny-model|fetch|prepare|train [--help]    the DVC stages
+    kotune tiny-model|fetch|prepare|train|merge|evaluate|publish [--help]    the DVC stages
     kotune params [group=option ...]           compose params.yaml from conf/ presets
+    kotune chat [MODEL_DIR] | generate MODEL_DIR --prompt ...   talk to the merged model or an adapter
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ COMMANDS = {
     "fetch": "kotune.stages.fetch",
     "prepare": "kotune.stages.prepare",
     "train": "kotune.stages.train",
+    "merge": "kotune.stages.merge",
+    "evaluate": "kotune.stages.evaluate",
+    "publish": "kotune.stages.publish",
     "params": "kotune.presets",
+    "chat": "kotune.chat:chat_main",
+    "generate": "kotune.chat:generate_main",
 }
 
 
@@ -29,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     setup_logging()
     try:
-        importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+        module, _, function = COMMANDS[argv[0]].partition(":")
+        getattr(importlib.import_module(module), function or "main")(argv[1:])
     except KotuneError as exc:
         logging.getLogger(f"kotune.{argv[0]}").error("%s", exc)
         print(f"kotune {argv[0]}: error: {redact(str(exc))}", file=sys.stderr)

@@ -184,10 +184,11 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class MergeSection:
-    dtype: Literal["bfloat16", "float16"] = "bfloat16"  # never a 4-bit merge
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"  # never a 4-bit merge; float32 for checks
     base: Literal["dequantized", "original"] = "dequantized"  # the weights the adapter trained against
-    tolerance: float = 0.05  # max |logits(merged) - logits(base+adapter)|
+    tolerance: float = 0.5  # max |logits(merged) - logits(base+adapter)|; bf16 resolves logits ~10 to 0.06
     max_shard_size: str = "2GB"
+    verify_examples: int = 8  # eval conversations whose logits must agree before and after merging
 
 
 DEFAULT_PROMPTS = (
@@ -203,26 +204,35 @@ DEFAULT_PROMPTS = (
 class EvalSection:
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     max_new_tokens: int = 128
-    temperature: float = 0.7
+    temperature: float = 0.7  # the sampled setting; greedy runs too
     top_p: float = 0.9
     top_k: int = 50
     repetition_penalty: float = 1.1
-    mc_tasks: tuple[str, ...] = ()  # local KoBEST TSV / KMMLU / CLIcK files
+    seed: int = 42  # sampled generations are reproducible
+    mc_tasks: tuple[str, ...] = ()  # local KoBEST TSV / KMMLU / CLIcK files, besides the built-in set
+    mc_limit: int | None = 200  # items per task (null: all); option scoring is a forward pass per option
+    lm_eval_tasks: tuple[str, ...] = ()  # optional lm-evaluation-harness tasks (kobest_copa, kmmlu, haerae)
     batch_size: int = 8
+    max_length: int = 1024  # eval conversations are truncated to this many tokens for the loss
 
     def __post_init__(self):
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
             raise ValueError("need temperature > 0, 0 < top_p <= 1, max_new_tokens >= 1")
+        if self.batch_size < 1 or self.max_length < 1 or (self.mc_limit is not None and self.mc_limit < 1):
+            raise ValueError("batch_size, max_length and mc_limit must be >= 1")
 
 
 @dataclass(frozen=True)
 class PublishSection:
     repo_id: str | None = None  # e.g. your-name/llama-3-8b-ko-qlora
-    push: bool = False  # true uploads to the Hub (HF_TOKEN from the environment, never from params)
+    push: bool = False  # true uploads (HF_TOKEN from the environment or `hf auth login`, never from params)
     private: bool = True
-    what: Literal["adapter", "merged", "both"] = "adapter"
-    license: str | None = None  # null: the base model's
+    revision: str | None = None  # branch to push to; null: main
+    include_adapter: bool = True  # the adapter too, under adapter/
+    allow_worse_than_base: bool = False  # the quality gate: refuse to push a model whose eval loss is worse
+    license: str | None = None  # null: "other" (state the base model's license)
     language: tuple[str, ...] = ("ko",)
+    tags: tuple[str, ...] = ("kotune", "qlora", "korean")
 
 
 SECTIONS = {

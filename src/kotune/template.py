@@ -64,3 +64,12 @@ def ensure_generation_markers(tokenizer) -> None:
     theirs = tokenizer.apply_chat_template(probe, tokenize=False)
     if theirs == tokenizer.apply_chat_template(probe, tokenize=False, chat_template=LLAMA3_CHAT_TEMPLATE):
         tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Generation stops at EOS and, where the chat template ends turns with <|eot_id|>, at that too."""
+    ids = [tokenizer.eos_token_id]
+    if END_OF_TURN in (tokenizer.chat_template or "") and END_OF_TURN in tokenizer.get_vocab():
+        eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+        ids += [] if eot in ids else [eot]
+    return ids

@@ -1,0 +1,83 @@
+"""merge: fold the LoRA adapter into a 16-bit copy of the base and verify it against base + adapter.
+
+    kotune merge --params params.yaml --adapter models/adapter --data data/processed \
+        --out models/merged --metrics metrics/merge.json
+
+Writes sharded safetensors with the tokenizer, the chat template and a generation_config whose EOS
+ids include <|eot_id|>. Fails if merged logits differ from base+adapter logits by more than
+merge.tolerance on the first merge.verify_examples eval conversations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from kotune import merging, training
+from kotune.atomic import atomic_dir, write_json
+from kotune.config import load_params
+from kotune.errors import KotuneError
+from kotune.logs import log_config
+from kotune.modeling import resolve_device
+from kotune.template import render, stop_token_ids
+
+log = logging.getLogger("kotune.merge")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kotune merge", description=__doc__.split("\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--adapter", required=True, help="the trained adapter (models/adapter)")
+    parser.add_argument("--data", required=True, help="folder with eval.jsonl, for the verification")
+    parser.add_argument("--out", required=True, help="output folder for the merged model")
+    parser.add_argument("--metrics", required=True, help="JSON metrics file")
+    return parser.parse_args(argv)
+
+
+def verification_texts(tokenizer, data: Path, count: int) -> list[str]:
+    records = training.read_records(data / "eval.jsonl")[:count] or training.read_records(data / "train.jsonl")[:count]
+    return [render(tokenizer, record) for record in records]
+
+
+def save_merged(model, tokenizer, merge, out: str) -> list[Path]:
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, max_shard_size=merge.max_shard_size, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        shards = sorted(p.name for p in tmp.glob("*.safetensors"))
+    return [Path(out) / name for name in shards]
+
+
+def main(argv=None) -> None:
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    args = parse_args(argv)
+    params = load_params(args.params)
+    log_config(log, "merge", params.merge)
+    device = resolve_device("auto")
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(args.adapter)  # the template and pad token training used
+    base = merging.load_merge_base(params.model, params.quant, params.merge, device)
+    model = PeftModel.from_pretrained(base, args.adapter).eval()
+    batches = merging.verification_batches(tokenizer, verification_texts(tokenizer, Path(args.data),
+                                                                         params.merge.verify_examples))
+    before = merging.logits_of(model, batches)
+    merged = model.merge_and_unload()
+    difference = merging.max_abs_difference(before, merging.logits_of(merged, batches))
+    shards = save_merged(merged, tokenizer, params.merge, args.out)
+    write_json(args.metrics, {
+        "max_abs_logit_diff": round(difference, 6), "tolerance": params.merge.tolerance,
+        "verify_tokens": sum(int(b["attention_mask"].sum()) for b in batches), "shards": len(shards),
+        "size_gib": round(sum(p.stat().st_size for p in shards) / 2**30, 4),
+        "seconds": round(time.perf_counter() - started, 1),
+    })
+    log.info("merged into %s (%s base, %s): %d shard(s); max |logit difference| %.2e", args.out,
+             params.merge.base, params.merge.dtype, len(shards), difference)
+    if difference > params.merge.tolerance:
+        raise KotuneError(f"merged logits differ from base+adapter by {difference:.3g} > merge.tolerance "
+                          f"{params.merge.tolerance}: the merge is not faithful; see {args.metrics}")
