@@ -75,6 +75,7 @@ def main(argv=None) -> None:
         "verify_tokens": sum(int(b["attention_mask"].sum()) for b in batches), "shards": len(shards),
         "size_gib": round(sum(p.stat().st_size for p in shards) / 2**30, 4),
         "seconds": round(time.perf_counter() - started, 1),
+        "peak_memory_gib": round(training.peak_memory_gib(device), 3),
     })
     log.info("merged into %s (%s base, %s): %d shard(s); max |logit difference| %.2e", args.out,
              params.merge.base, params.merge.dtype, len(shards), difference)
