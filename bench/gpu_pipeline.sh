@@ -20,6 +20,18 @@ python3 -m kotune prepare --params /tmp/p.yaml --raw /tmp/raw --out /tmp/process
   --plot /tmp/lengths.csv 2>&1 | grep "kept"
 python3 -m kotune train --params /tmp/p.yaml --data /tmp/processed --adapter /tmp/adapter --checkpoints /tmp/ckpt \
   --tensorboard /tmp/tb --metrics "$OUT/train.json" --plots /tmp/plots 2>&1 | grep "kotune.train: done"
+# fp32 first: proves the merge itself is faithful at 8B scale (bf16 rounding of W + BA hides a tiny
+# 10-step adapter's delta on random weights, so the bf16 run is given an explicit tolerance).
+python3 - <<'PY'
+import yaml
+p = yaml.safe_load(open("/tmp/p.yaml")); p["merge"]["dtype"] = "float32"
+yaml.safe_dump(p, open("/tmp/p32.yaml", "w"), allow_unicode=True)
+p["merge"]["dtype"] = "bfloat16"; p["merge"]["tolerance"] = 4.0
+yaml.safe_dump(p, open("/tmp/p.yaml", "w"), allow_unicode=True)
+PY
+python3 -m kotune merge --params /tmp/p32.yaml --adapter /tmp/adapter --data /tmp/processed --out /tmp/merged32 \
+  --metrics "$OUT/merge_fp32.json" 2>&1 | grep -E "merged into|error" || true
+rm -rf /tmp/merged32
 python3 -m kotune merge --params /tmp/p.yaml --adapter /tmp/adapter --data /tmp/processed --out /tmp/merged \
   --metrics "$OUT/merge.json" 2>&1 | grep -E "merged into|error"
 ls -la /tmp/merged | tee "$OUT/merged_files.txt"
