@@ -92,3 +92,17 @@ def test_lm_eval_hook_skips_with_a_reason():
     notes = []
     assert evaluate.lm_eval_results(("kobest_copa",), "models/merged", notes) == {}
     assert notes and "kobest_copa" in notes[0] or "lm-evaluation-harness" in notes[0]
+
+
+@pytest.mark.shared_data
+def test_kobest_tasks_from_params(tmp_path, tiny_model_dir, trained, processed, evaluated, shared_data):
+    params = params_file(tmp_path / "params.yaml", tiny_model_dir, data=DATA, train={"max_length": 256},
+                         eval={"max_new_tokens": 4, "prompts": ["안녕?"], "mc_limit": 20,
+                               "mc_tasks": [str(shared_data / "kobest" / "COPA" / "dev.tsv"),
+                                            str(shared_data / "kobest" / "HellaSwag" / "dev.tsv")]})
+    evaluate.main(["--params", str(params), "--data", str(processed), "--adapter", str(trained / "adapter"),
+                   "--merged", str(evaluated / "merged"), "--tensorboard", str(trained / "tb"),
+                   "--metrics", str(tmp_path / "eval.json"), "--reports", str(tmp_path / "reports")])
+    mc = json.loads((tmp_path / "eval.json").read_text())["mc"]
+    assert mc["COPA/dev"]["chance"] == 0.5 and mc["HellaSwag/dev"]["chance"] == 0.25
+    assert mc["COPA/dev"]["items"] == 20 and 0 <= mc["COPA/dev"]["merged"] <= 1
