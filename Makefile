@@ -6,7 +6,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv test repro lint lock clean
+.PHONY: venv test repro lint lock clean docker-build docker-repro docker-repro-cpu
 
 venv: $(VENV)/.installed
 
@@ -25,7 +25,19 @@ repro: venv
 	dvc repro
 
 lint: venv
-	ruff check src tests scripts
+	ruff check src tests scripts bench
+	hadolint docker/Dockerfile
+	actionlint
+
+# The CUDA image (needs a Docker engine; `docker-repro` also the NVIDIA container toolkit).
+docker-build:
+	docker build -f docker/Dockerfile -t kotune:latest .
+
+docker-repro: docker-build
+	docker compose -f docker/compose.yaml run --rm kotune dvc repro
+
+docker-repro-cpu: docker-build
+	docker compose -f docker/compose.yaml run --rm kotune-cpu dvc repro
 
 # Re-resolve every dependency named in pyproject.toml (+dev) and pin the result. torch is pinned
 # by hand: 2.13.0 is the release whose CPU build installs here; `+cpu` is stripped so the same

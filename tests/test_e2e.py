@@ -98,3 +98,24 @@ def test_checkpoints_are_versioned_by_dvc(clone, first_run):
     shutil.rmtree(clone / "models" / "checkpoints")
     sh(clone, "dvc", "checkout", "models/checkpoints")  # from DVC's cache, as after a checkout of a commit
     assert sorted(p.name for p in (clone / "models" / "checkpoints").glob("checkpoint-*")) == saved and saved
+
+
+def test_remote_push_and_pull_round_trip(clone, first_run, tmp_path):
+    """A local-directory remote: what `dvc push` stores, a fresh clone gets back with `dvc pull`."""
+    remote = tmp_path / "remote"
+    sh(clone, "dvc", "remote", "add", "--default", "local", str(remote))
+    sh(clone, "dvc", "push")
+    sh(clone, "git", "add", "-A")
+    sh(clone, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run and remote")
+    second = tmp_path / "second"
+    sh(tmp_path, "git", "clone", "-q", str(clone), str(second))
+    assert not (second / "models" / "adapter").exists()
+    sh(second, "dvc", "pull")
+    for path in ("data/processed/train.jsonl", "models/adapter/adapter_model.safetensors",
+                 "models/checkpoints", "models/merged/config.json"):
+        source, pulled = clone / path, second / path
+        if source.is_dir():
+            assert sorted(p.name for p in pulled.rglob("*")) == sorted(p.name for p in source.rglob("*"))
+        else:
+            assert pulled.read_bytes() == source.read_bytes()
+    assert "Data and pipelines are up to date" in sh(second, "dvc", "status")
