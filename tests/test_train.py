@@ -167,6 +167,7 @@ def test_changed_params_start_from_step_zero(tmp_path, trained, tiny_model_dir, 
 @pytest.mark.parametrize("train_values, message", [
     ({"device": "cuda"}, "no CUDA device is visible"),
     ({"mixed_precision": "bf16"}, "needs CUDA"),
+    ({"use_liger_kernel": True}, "needs CUDA"),
 ])
 def test_cpu_misconfiguration_is_a_clear_error(tmp_path, tiny_model_dir, processed, train_values, message):
     import torch

@@ -165,6 +165,7 @@ class TrainSection:
     assistant_only_loss: bool = True  # false: loss on prompt tokens too
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"  # auto: bf16 on CUDA where supported, else fp32
     device: Literal["auto", "cuda", "cpu"] = "auto"  # cuda: fail rather than crawl along on the CPU
+    use_liger_kernel: bool = False  # Liger's fused Triton kernels (CUDA only): RMSNorm, SwiGLU, RoPE, linear+CE
     logging_steps: int = 5
     eval_steps: int = 20
     save_steps: int = 20

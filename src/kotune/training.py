@@ -41,6 +41,8 @@ def sft_config(train: TrainSection, device: str, output_dir: Path, conversationa
         fp16 = not bf16
     elif train.mixed_precision in ("bf16", "fp16"):
         raise KotuneError(f"train.mixed_precision {train.mixed_precision} needs CUDA; use auto or no on the CPU")
+    if train.use_liger_kernel and device != "cuda":
+        raise KotuneError("train.use_liger_kernel needs CUDA (Liger's kernels are Triton GPU kernels)")
     warmup = train.warmup_steps if train.warmup_steps < 1 else int(train.warmup_steps)
     return SFTConfig(
         output_dir=str(output_dir), learning_rate=train.learning_rate, num_train_epochs=train.num_train_epochs,
@@ -56,7 +58,7 @@ def sft_config(train: TrainSection, device: str, output_dir: Path, conversationa
         logging_steps=train.logging_steps, logging_first_step=True,
         eval_strategy="steps" if has_eval else "no", eval_steps=train.eval_steps,
         save_strategy="steps", save_steps=train.save_steps, save_total_limit=train.save_total_limit,
-        include_num_input_tokens_seen="non_padding", report_to="none",
+        include_num_input_tokens_seen="non_padding", report_to="none", use_liger_kernel=train.use_liger_kernel,
     )
 
 
