@@ -20,21 +20,22 @@ from kotune.config import EvalSection, Params, load_params
 from kotune.logs import log_config
 from kotune.modeling import load_base_model, resolve_device
 from kotune.provenance import provenance
+from kotune.stages import parse_stage_args
 
 log = logging.getLogger("kotune.evaluate")
 SETTINGS = {"greedy": False, "sampled": True}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="kotune evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--data", required=True, help="folder with eval.jsonl")
-    parser.add_argument("--adapter", required=True)
-    parser.add_argument("--merged", required=True)
-    parser.add_argument("--tensorboard", required=True, help="training's TensorBoard events, for the curves")
-    parser.add_argument("--metrics", required=True)
-    parser.add_argument("--reports", required=True, help="folder for eval.md and eval.html")
-    return parser.parse_args(argv)
+    return parse_stage_args(
+        argv, "kotune evaluate", __doc__,
+        data="folder with eval.jsonl",
+        adapter="adapter",
+        merged="merged",
+        tensorboard="training's TensorBoard events, for the curves",
+        metrics="metrics",
+        reports="folder for eval.md and eval.html",
+    )
 
 
 def mc_tasks(cfg: EvalSection) -> list:

@@ -22,16 +22,17 @@ from kotune.config import DataSection, load_section
 from kotune.errors import KotuneError, hub_unreachable_message
 from kotune.logs import log_config
 from kotune.rawread import READABLE, list_raw_files
+from kotune.stages import parse_stage_args
 
 log = logging.getLogger("kotune.fetch")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="kotune fetch", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", required=True, help="folder for the raw files (data/raw)")
-    return parser.parse_args(argv)
+    return parse_stage_args(
+        argv, "kotune fetch", __doc__,
+        out="folder for the raw files (data/raw)",
+    )
 
 
 def is_hub_id(source: str) -> bool:

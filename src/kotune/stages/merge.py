@@ -21,19 +21,20 @@ from kotune.config import load_params
 from kotune.errors import KotuneError
 from kotune.logs import log_config
 from kotune.modeling import resolve_device
+from kotune.stages import parse_stage_args
 from kotune.template import render, stop_token_ids
 
 log = logging.getLogger("kotune.merge")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="kotune merge", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--adapter", required=True, help="the trained adapter (models/adapter)")
-    parser.add_argument("--data", required=True, help="folder with eval.jsonl, for the verification")
-    parser.add_argument("--out", required=True, help="output folder for the merged model")
-    parser.add_argument("--metrics", required=True, help="JSON metrics file")
-    return parser.parse_args(argv)
+    return parse_stage_args(
+        argv, "kotune merge", __doc__,
+        adapter="the trained adapter (models/adapter)",
+        data="folder with eval.jsonl, for the verification",
+        out="output folder for the merged model",
+        metrics="JSON metrics file",
+    )
 
 
 def verification_texts(tokenizer, data: Path, count: int) -> list[str]:

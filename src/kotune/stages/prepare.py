@@ -21,19 +21,20 @@ from kotune.formats.registry import choose_format
 from kotune.logs import log_config
 from kotune.modeling import load_tokenizer
 from kotune.rawread import list_raw_files, read_file
+from kotune.stages import parse_stage_args
 
 log = logging.getLogger("kotune.prepare")
 HISTOGRAM_BIN = 32  # tokens per bar of the length plot
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="kotune prepare", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--raw", required=True, help="folder written by fetch (data/raw)")
-    parser.add_argument("--out", required=True, help="folder for train/eval/rejects.jsonl (data/processed)")
-    parser.add_argument("--metrics", required=True, help="JSON metrics file (metrics/data.json)")
-    parser.add_argument("--plot", required=True, help="CSV of the token-length histogram")
-    return parser.parse_args(argv)
+    return parse_stage_args(
+        argv, "kotune prepare", __doc__,
+        raw="folder written by fetch (data/raw)",
+        out="folder for train/eval/rejects.jsonl (data/processed)",
+        metrics="JSON metrics file (metrics/data.json)",
+        plot="CSV of the token-length histogram",
+    )
 
 
 def read_raw(folder: str, cfg: DataSection) -> list:

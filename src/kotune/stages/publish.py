@@ -25,6 +25,7 @@ from kotune.config import Params, load_params
 from kotune.errors import KotuneError
 from kotune.logs import log_config
 from kotune.provenance import git_commit, provenance
+from kotune.stages import parse_stage_args
 from kotune.stages.fetch import is_hub_id
 from kotune.typed_config import to_dict
 
@@ -34,14 +35,14 @@ CARD_SECTIONS = ("data", "model", "quant", "lora", "train", "merge")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="kotune publish", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--merged", required=True)
-    parser.add_argument("--adapter", required=True)
-    parser.add_argument("--eval", required=True, help="metrics/eval.json")
-    parser.add_argument("--train-metrics", required=True, help="metrics/train.json")
-    parser.add_argument("--out", required=True, help="the release folder (models/publish)")
-    return parser.parse_args(argv)
+    return parse_stage_args(
+        argv, "kotune publish", __doc__,
+        merged="merged",
+        adapter="adapter",
+        eval="metrics/eval.json",
+        train_metrics="metrics/train.json",
+        out="the release folder (models/publish)",
+    )
 
 
 def link_or_copy(source: Path, target: Path) -> None:

@@ -14,17 +14,18 @@ from kotune import tiny_model
 from kotune.atomic import atomic_dir, write_json
 from kotune.config import load_section
 from kotune.logs import log_config
+from kotune.stages import parse_stage_args
 
 log = logging.getLogger("kotune.tiny_model")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="kotune tiny-model", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--corpus", required=True, help="folder of Korean .txt files")
-    parser.add_argument("--out", required=True, help="model folder (tokenizer + safetensors)")
-    parser.add_argument("--metrics", required=True, help="JSON metrics file")
-    return parser.parse_args(argv)
+    return parse_stage_args(
+        argv, "kotune tiny-model", __doc__,
+        corpus="folder of Korean .txt files",
+        out="model folder (tokenizer + safetensors)",
+        metrics="JSON metrics file",
+    )
 
 
 def main(argv=None) -> None:

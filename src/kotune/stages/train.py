@@ -26,6 +26,7 @@ from kotune.config import Params, load_params
 from kotune.errors import KotuneError
 from kotune.logs import log_config
 from kotune.modeling import load_base_model, load_tokenizer, lora_config, resolve_device
+from kotune.stages import parse_stage_args
 from kotune.template import ensure_generation_markers
 from kotune.typed_config import to_dict
 
@@ -34,15 +35,15 @@ TRACKED_SECTIONS = ("model", "quant", "lora", "train")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="kotune train", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--data", required=True, help="folder with train.jsonl and eval.jsonl (data/processed)")
-    parser.add_argument("--adapter", required=True, help="output folder for the final adapter")
-    parser.add_argument("--checkpoints", required=True, help="checkpoint folder (persists between runs)")
-    parser.add_argument("--tensorboard", required=True, help="TensorBoard event folder")
-    parser.add_argument("--metrics", required=True, help="JSON metrics file")
-    parser.add_argument("--plots", required=True, help="folder for steps.csv and eval.csv")
-    return parser.parse_args(argv)
+    return parse_stage_args(
+        argv, "kotune train", __doc__,
+        data="folder with train.jsonl and eval.jsonl (data/processed)",
+        adapter="output folder for the final adapter",
+        checkpoints="checkpoint folder (persists between runs)",
+        tensorboard="TensorBoard event folder",
+        metrics="JSON metrics file",
+        plots="folder for steps.csv and eval.csv",
+    )
 
 
 def run_fingerprint(params: Params, data: Path) -> str:
