@@ -88,7 +88,9 @@ class ModelSection:
     chat_template: Literal["auto", "llama3", "tokenizer"] = "auto"  # auto: the tokenizer's, else llama3
     pad_token: str | None = None  # null: the tokenizer's own; must differ from EOS
     torch_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # varlen: FlashAttention's variable-length kernel bundled with PyTorch (CUDA): packed rows without a dense
+    # mask or the flash-attn package (kotune.packed_attention)
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "varlen"] = "sdpa"
     trust_remote_code: bool = False
 
 
@@ -166,6 +168,9 @@ class TrainSection:
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"  # auto: bf16 on CUDA where supported, else fp32
     device: Literal["auto", "cuda", "cpu"] = "auto"  # cuda: fail rather than crawl along on the CPU
     use_liger_kernel: bool = False  # Liger's fused Triton kernels (CUDA only): RMSNorm, SwiGLU, RoPE, linear+CE
+    # unsloth: load and wrap the model with Unsloth's fused QLoRA kernels and offloaded checkpointing (CUDA,
+    # optional install: requirements-unsloth.txt); TRL's SFTTrainer, data, checkpoints and metrics stay the same
+    backend: Literal["transformers", "unsloth"] = "transformers"
     logging_steps: int = 5
     eval_steps: int = 20
     save_steps: int = 20
@@ -259,6 +264,12 @@ class Params:
         if self.data.max_tokens > self.train.max_length:
             raise ValueError(f"data.max_tokens ({self.data.max_tokens}) exceeds train.max_length "
                              f"({self.train.max_length}): prepare would keep examples that training truncates")
+        if self.train.backend == "unsloth":
+            if self.train.use_liger_kernel:
+                raise ValueError("train.use_liger_kernel with train.backend unsloth: Unsloth brings its own fused "
+                                 "kernels and both patch the same modules; turn one off")
+            if self.lora.use_dora:
+                raise ValueError("lora.use_dora is not supported by train.backend unsloth")
 
 
 def params_from_dict(values: dict, origin: Origin | None = None) -> Params:

@@ -87,6 +87,7 @@ def load_base_model(model: ModelSection, quant: QuantSection, device: str):
     """The base model, 4-bit when quant.load_in_4bit, placed whole on `device`; logs load time and memory."""
     from transformers import AutoModelForCausalLM
 
+    check_attention(model, device)
     started = time.perf_counter()
     try:
         base = AutoModelForCausalLM.from_pretrained(
@@ -102,6 +103,17 @@ def load_base_model(model: ModelSection, quant: QuantSection, device: str):
              "4-bit " + quant.bnb_4bit_quant_type if quant.load_in_4bit else str(base.dtype),
              base.get_memory_footprint() / 2**20)
     return base
+
+
+def check_attention(model: ModelSection, device: str) -> None:
+    """`varlen` is kotune's own implementation: register it with transformers; it has no CPU kernel."""
+    if model.attn_implementation != "varlen":
+        return
+    if device != "cuda":
+        raise KotuneError("model.attn_implementation varlen needs CUDA (FlashAttention's kernel); use sdpa on the CPU")
+    from kotune import packed_attention
+
+    packed_attention.register()
 
 
 def lora_config(lora: LoraSection):

@@ -43,13 +43,15 @@ def sft_config(train: TrainSection, device: str, output_dir: Path, conversationa
         raise KotuneError(f"train.mixed_precision {train.mixed_precision} needs CUDA; use auto or no on the CPU")
     if train.use_liger_kernel and device != "cuda":
         raise KotuneError("train.use_liger_kernel needs CUDA (Liger's kernels are Triton GPU kernels)")
+    # Unsloth has already wrapped the layers in its own (offloaded) checkpointing; transformers' would nest.
+    checkpointing = train.gradient_checkpointing and train.backend == "transformers"
     warmup = train.warmup_steps if train.warmup_steps < 1 else int(train.warmup_steps)
     return SFTConfig(
         output_dir=str(output_dir), learning_rate=train.learning_rate, num_train_epochs=train.num_train_epochs,
         max_steps=train.max_steps, per_device_train_batch_size=train.per_device_train_batch_size,
         per_device_eval_batch_size=train.per_device_eval_batch_size,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
-        gradient_checkpointing=train.gradient_checkpointing, optim=train.optim,
+        gradient_checkpointing=checkpointing, optim=train.optim,
         lr_scheduler_type=train.lr_scheduler_type, warmup_steps=warmup, weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm, max_length=train.max_length, packing=train.packing,
         # Raw text has no assistant turns: the whole text is the target.

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import yaml
 
-from kotune import checkpoints, training
 from kotune.atomic import atomic_dir, write_json
 from kotune.config import Params, load_params
 from kotune.errors import KotuneError
@@ -29,6 +28,9 @@ from kotune.modeling import load_base_model, load_tokenizer, lora_config, resolv
 from kotune.stages import parse_stage_args
 from kotune.template import ensure_generation_markers
 from kotune.typed_config import to_dict
+
+# kotune.checkpoints and kotune.training import transformers, so they are imported in the functions
+# below: with train.backend unsloth, Unsloth must be imported before transformers (main() does that).
 
 log = logging.getLogger("kotune.train")
 TRACKED_SECTIONS = ("model", "quant", "lora", "train")
@@ -47,11 +49,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_fingerprint(params: Params, data: Path) -> str:
+    from kotune import checkpoints
+
     sections = {name: to_dict(getattr(params, name)) for name in TRACKED_SECTIONS}
     return checkpoints.fingerprint(sections, [data / "train.jsonl", data / "eval.jsonl"], params.model.name_or_path)
 
 
 def load_data(data: Path):
+    from kotune import training
+
     train_records = training.read_records(data / "train.jsonl")
     if not train_records:
         raise KotuneError(f"{data}/train.jsonl has no training examples: see {data}/rejects.jsonl and "
@@ -69,17 +75,24 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
     from transformers.integrations import TensorBoardCallback
     from trl import SFTTrainer
 
+    from kotune import checkpoints, training
+
     train_set, eval_set, conversational = data
     tokenizer = load_tokenizer(params.model)
     if params.train.assistant_only_loss and conversational:
         ensure_generation_markers(tokenizer)
     started = time.perf_counter()
-    model = load_base_model(params.model, params.quant, device)
+    if params.train.backend == "unsloth":
+        from kotune import unsloth_backend
+
+        model, peft_config = unsloth_backend.load_peft_model(params, device), None  # already LoRA-wrapped
+    else:
+        model, peft_config = load_base_model(params.model, params.quant, device), lora_config(params.lora)
     load_seconds = time.perf_counter() - started
     config = training.sft_config(params.train, device, Path(args.checkpoints), conversational, eval_set is not None)
     trainer = SFTTrainer(
         model=model, args=config, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
-        peft_config=lora_config(params.lora), callbacks=[
+        peft_config=peft_config, callbacks=[
             checkpoints.MarkComplete(fingerprint),
             TensorBoardCallback(SummaryWriter(log_dir=args.tensorboard)),
         ],
@@ -92,6 +105,8 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
 
 
 def start_or_resume(args, fingerprint: str) -> Path | None:
+    from kotune import checkpoints
+
     resume = checkpoints.resumable_checkpoint(Path(args.checkpoints), fingerprint)
     if resume is None:
         # A fresh run: TensorBoard events of an earlier run would interleave with this one's.
@@ -129,6 +144,8 @@ def save_adapter(trainer, tokenizer, params: Params, fingerprint: str, out: str)
 
 
 def write_results(trainer, result, args, device: str, timings: dict, resume: Path | None) -> None:
+    from kotune import checkpoints, training
+
     steps, evals = training.history_rows(trainer.state.log_history)
     training.write_csv(Path(args.plots) / "steps.csv", steps,
                        ["step", "loss", "learning_rate", "grad_norm", "tokens_per_second", "window_tokens_per_second"])
@@ -147,14 +164,18 @@ def write_results(trainer, result, args, device: str, timings: dict, resume: Pat
 
 
 def main(argv=None) -> None:
-    from transformers import set_seed
-
     # transformers 5.23 renamed gradient_checkpointing; SFTConfig keeps the old name, which older
     # transformers (5.17 on the GPU image) still need.
     warnings.filterwarnings("ignore", r".*gradient_checkpointing.* is deprecated", FutureWarning)
 
     args = parse_args(argv)
     params = load_params(args.params)
+    if params.train.backend == "unsloth":
+        from kotune import unsloth_backend
+
+        unsloth_backend.import_first()
+    from transformers import set_seed
+
     set_seed(params.train.seed)
     for name in TRACKED_SECTIONS:
         log_config(log, name, getattr(params, name))

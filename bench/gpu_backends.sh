@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Issue 6's levers, one at a time, through the real `kotune train` on the 8B Llama-3 shape (random
+# weights, real tokenizer) and KoAlpaca packed into 2,048-token rows, then (PEERS=1) Unsloth's own
+# references from ../shared/bench in the same call. Run on the GPU device from the repo root:
+#
+#   RUNS="tf-sdpa tf-varlen unsloth" PEERS=1 bash bench/gpu_backends.sh
+#
+# Writes kotune_<run>.json (the stage's metrics), steps_<run>.csv (per-step loss) and the peers' JSON
+# under $OUT, then table.md (bench/summarize.py: tokens/s, memory, MFU, loss against the first run).
+set -uo pipefail
+OUT=${OUT:-/tmp/kotune-bench}
+mkdir -p "$OUT"
+source bench/device_env.sh
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/gpu.txt"
+python3 -c "import torch, transformers, peft, trl, bitsandbytes, datasets; print(' '.join(f'{m.__name__} {m.__version__}' for m in (torch, transformers, peft, trl, bitsandbytes, datasets)))" | tee -a "$OUT/gpu.txt"
+if [ "${GPU_TESTS:-1}" = 1 ]; then
+  python3 -m pytest -q -p no:cacheprovider -m gpu tests/ 2>&1 | tail -4 | tee "$OUT/gpu_tests.txt"
+fi
+python3 bench/llama8b.py --tokenizer /tmp/tok --out /tmp/l8b
+
+# The seed recipe's shape: nf4 + double quant, bf16 compute, LoRA r16/alpha16 on the 7 projections,
+# micro-batch 2 x 2048, gradient checkpointing, AdamW 8-bit; KoAlpaca packed (no pad tokens).
+common=(model.name_or_path=/tmp/l8b model.pad_token='<|reserved_special_token_250|>' model.torch_dtype=bfloat16
+        quant.bnb_4bit_compute_dtype=bfloat16 lora.lora_alpha=16 lora.lora_dropout=0.0 train.device=cuda
+        train.gradient_checkpointing=true train.optim=adamw_8bit train.max_length=2048 train.packing=true
+        train.per_device_train_batch_size=2 train.learning_rate=2e-4 train.warmup_steps=0.1
+        train.max_steps=${STEPS:-20} train.logging_steps=1 train.eval_steps=100000 train.save_steps=100000
+        data.max_tokens=2048 data.eval_size=0.01 data.max_records=${RECORDS:-3000})
+python3 bench/set_params.py /tmp/base.yaml "${common[@]}"
+python3 -m kotune prepare --params /tmp/base.yaml --raw /tmp/raw --out /tmp/processed --metrics /tmp/d.json \
+  --plot /tmp/l.csv 2>&1 | grep kept
+
+declare -A LEVERS=(
+  [tf-sdpa]=""
+  [tf-varlen]="model.attn_implementation=varlen"
+  [tf-varlen-liger]="model.attn_implementation=varlen train.use_liger_kernel=true"
+  [unsloth]="train.backend=unsloth"
+)
+for name in ${RUNS:-tf-sdpa tf-varlen tf-varlen-liger unsloth}; do
+  # shellcheck disable=SC2086
+  python3 bench/set_params.py "/tmp/$name.yaml" "${common[@]}" ${LEVERS[$name]}
+  timeout "${RUN_TIMEOUT:-240}" python3 -m kotune train --params "/tmp/$name.yaml" --data /tmp/processed \
+    --adapter "/tmp/a-$name" --checkpoints "/tmp/c-$name" --tensorboard "/tmp/tb-$name" \
+    --metrics "$OUT/kotune_$name.json" --plots "/tmp/p-$name" > "$OUT/log_$name.txt" 2>&1
+  echo "$name: exit $?"; grep -E "kotune.train: done|Error|error" "$OUT/log_$name.txt" | tail -3
+  cp "/tmp/p-$name/steps.csv" "$OUT/steps_$name.csv" 2>/dev/null
+done
+
+if [ "${PEERS:-0}" = 1 ]; then
+  # Unsloth's own numbers in this call: random full-length tokens, then packed real-length KoAlpaca.
+  OUT=$OUT timeout 240 python3 .whl/peer_baselines.py unsloth 2>&1 | grep -E "^unsloth|Error" | tail -4
+  mkdir -p /tmp/rl && cp /tmp/tok/tokenizer.json /tmp/raw/ko_alpaca_data.json /tmp/rl/
+  OUT=$OUT DATA_DIR=/tmp/rl BS=2 PACK=1 timeout 240 python3 .whl/real_length_sft.py unsloth 2>&1 | grep -E "RESULT|Error" | tail -3
+fi
+python3 bench/summarize.py "$OUT" | tee "$OUT/table.md"

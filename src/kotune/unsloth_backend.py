@@ -1,0 +1,62 @@
+"""`train.backend: unsloth`: the same train stage (data, SFTConfig, checkpoints, metrics) with the model
+loaded and LoRA-wrapped by Unsloth, whose fused 4-bit LoRA kernels and offloaded gradient checkpointing
+are faster and leaner than transformers + PEFT + bitsandbytes (bench/README.md has the figures).
+
+Optional: Unsloth pins older transformers/trl/datasets than requirements.lock, so it is installed on
+its own (`pip install -r requirements-unsloth.txt`, or the image's `--build-arg BACKEND=unsloth`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+
+from kotune.config import Params
+from kotune.errors import KotuneError, hub_unreachable_message
+from kotune.modeling import bnb_config, torch_dtype
+
+log = logging.getLogger(__name__)
+PATCHED = ("transformers", "peft", "trl")
+
+
+def import_first() -> None:
+    """Import Unsloth before transformers, PEFT and TRL: it patches them as it loads."""
+    if importlib.util.find_spec("unsloth") is None:
+        raise KotuneError("train.backend unsloth needs the unsloth package: pip install -r requirements-unsloth.txt "
+                          "(or build the image with --build-arg BACKEND=unsloth), or set train.backend: transformers")
+    early = [name for name in PATCHED if name in sys.modules]
+    if early:
+        log.warning("%s imported before unsloth: some of Unsloth's patches may not apply", ", ".join(early))
+    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")  # no usage ping: runs stay offline
+    import unsloth  # noqa: F401
+
+
+def load_peft_model(params: Params, device: str):
+    """The base model through Unsloth's FastLanguageModel, with kotune's quantization and LoRA settings."""
+    if device != "cuda":
+        raise KotuneError("train.backend unsloth needs CUDA; use train.backend: transformers on the CPU")
+    from unsloth import FastLanguageModel
+
+    model, quant, lora, train = params.model, params.quant, params.lora, params.train
+    if model.attn_implementation != "sdpa":
+        log.info("model.attn_implementation %s is not used: Unsloth picks its own attention kernels",
+                 model.attn_implementation)
+    checkpointing = "unsloth" if train.gradient_checkpointing else False  # "unsloth": offloads to CPU RAM
+    try:
+        base, _ = FastLanguageModel.from_pretrained(
+            model_name=model.name_or_path, revision=model.revision, trust_remote_code=model.trust_remote_code,
+            max_seq_length=train.max_length, dtype=torch_dtype(model.torch_dtype, device),
+            load_in_4bit=quant.load_in_4bit, quantization_config=bnb_config(quant, device),
+            use_gradient_checkpointing=checkpointing, random_state=train.seed,
+            # The model named in params.yaml, not a pre-quantized unsloth/* copy: provenance stays true.
+            use_exact_model_name=True, fix_tokenizer=False,
+        )
+    except OSError as exc:
+        raise KotuneError(hub_unreachable_message("model", model.name_or_path, exc)) from None
+    return FastLanguageModel.get_peft_model(
+        base, r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+        target_modules=list(lora.target_modules), bias=lora.bias, use_rslora=lora.use_rslora,
+        use_gradient_checkpointing=checkpointing, random_state=train.seed, max_seq_length=train.max_length,
+    )

@@ -1,0 +1,57 @@
+"""The speed options' guards on a machine without CUDA or Unsloth: clear errors, never a silent fallback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kotune import modeling, training, unsloth_backend
+from kotune.config import ModelSection, Params, TrainSection, load_params, params_from_dict
+from kotune.errors import ConfigError, KotuneError
+
+pytestmark = pytest.mark.unit
+
+
+def test_unsloth_backend_refuses_liger_and_dora():
+    with pytest.raises(ConfigError, match="use_liger_kernel with train.backend unsloth"):
+        params_from_dict({"train": {"backend": "unsloth", "use_liger_kernel": True}})
+    with pytest.raises(ConfigError, match="use_dora"):
+        params_from_dict({"train": {"backend": "unsloth"}, "lora": {"use_dora": True}})
+
+
+def test_missing_unsloth_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(unsloth_backend.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(KotuneError, match="requirements-unsloth.txt"):
+        unsloth_backend.import_first()
+
+
+def test_unsloth_backend_needs_cuda():
+    with pytest.raises(KotuneError, match="needs CUDA"):
+        unsloth_backend.load_peft_model(params_from_dict({"train": {"backend": "unsloth"}}), "cpu")
+
+
+def test_varlen_attention_needs_cuda():
+    with pytest.raises(KotuneError, match="varlen needs CUDA"):
+        modeling.check_attention(ModelSection(attn_implementation="varlen"), "cpu")
+
+
+def test_unsloth_backend_leaves_checkpointing_to_unsloth(tmp_path):
+    train = TrainSection(backend="unsloth", gradient_checkpointing=True)
+    assert not training.sft_config(train, "cpu", tmp_path, True, False).gradient_checkpointing
+    assert training.sft_config(TrainSection(gradient_checkpointing=True), "cpu", tmp_path, True, False)\
+        .gradient_checkpointing
+
+
+def test_train_stage_imports_no_transformers_before_the_backend():
+    """Unsloth patches transformers, PEFT and TRL as it is imported: `kotune train` must not import them first."""
+    code = ("import sys; from kotune import cli; import kotune.stages.train; "
+            "print([m for m in ('transformers', 'trl', 'peft') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_gpu_presets_state_a_valid_backend():
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    assert params.train.backend == "transformers"  # the CPU default stays simple
+    assert Params().model.attn_implementation == "sdpa"
