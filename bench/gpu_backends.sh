@@ -35,6 +35,7 @@ declare -A LEVERS=(
   [tf-varlen]="model.attn_implementation=varlen"
   [tf-varlen-liger]="model.attn_implementation=varlen train.use_liger_kernel=true"
   [unsloth]="train.backend=unsloth"
+  [unsloth-pad]="train.backend=unsloth train.pad_to_multiple_of=4096"
 )
 for name in ${RUNS:-tf-sdpa tf-varlen tf-varlen-liger unsloth}; do
   # shellcheck disable=SC2086
@@ -45,6 +46,15 @@ for name in ${RUNS:-tf-sdpa tf-varlen tf-varlen-liger unsloth}; do
   echo "$name: exit $?"; grep -E "kotune.train: done|Error|error" "$OUT/log_$name.txt" | tail -3
   cp "/tmp/p-$name/steps.csv" "$OUT/steps_$name.csv" 2>/dev/null
 done
+
+if [ -n "${PROFILE:-}" ]; then  # e.g. PROFILE=tf-sdpa: torch.profiler tables of a few steady steps
+  # shellcheck disable=SC2086
+  python3 bench/set_params.py /tmp/prof.yaml "${common[@]}" train.max_steps=10 ${LEVERS[$PROFILE]}
+  timeout 240 python3 bench/profile_train.py --params /tmp/prof.yaml --data /tmp/processed --adapter /tmp/a-prof \
+    --checkpoints /tmp/c-prof --tensorboard /tmp/tb-prof --metrics /tmp/m-prof.json --plots /tmp/p-prof \
+    2>&1 | grep -v "^{" > "$OUT/profile_$PROFILE.txt"
+  echo "profile $PROFILE: exit $?"
+fi
 
 if [ "${PEERS:-0}" = 1 ]; then
   # Unsloth's own numbers in this call: random full-length tokens, then packed real-length KoAlpaca.

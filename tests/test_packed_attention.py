@@ -120,3 +120,30 @@ def test_real_varlen_kernel_matches_unpacked_on_cuda(tiny_model_dir, tiny_tokeni
         got = models[packed_attention.NAME](**{k: v.cuda() if torch.is_tensor(v) else v
                                              for k, v in packed.items()}).loss.float()
     torch.testing.assert_close(got, want, atol=2e-2, rtol=1e-2)  # bf16
+
+
+@pytest.mark.parametrize("signature", ["2.10", "2.11", "later"])
+def test_every_varlen_signature_gets_causal_grouped_query_attention(monkeypatch, signature):
+    """torch 2.10 takes is_causal, 2.11 window_size without enable_gqa (the GPU image), later both."""
+    import torch.nn.attention.varlen as varlen
+
+    seen = {}
+
+    def record(q, k, v, *positional, **kwargs):
+        seen.update(kwargs, kv_heads=k.shape[1])
+        return q
+
+    fakes = {
+        "2.10": lambda q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, is_causal=False: record(
+            q, k, v, scale=scale, is_causal=is_causal),
+        "2.11": lambda q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1): record(
+            q, k, v, scale=scale, window_size=window_size),
+        "later": lambda q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False:
+            record(q, k, v, scale=scale, window_size=window_size, enable_gqa=enable_gqa),
+    }
+    monkeypatch.setattr(varlen, "varlen_attn", fakes[signature])
+    attend = packed_attention._kernel()
+    q, kv = torch.zeros(6, 4, 8), torch.zeros(6, 2, 8)
+    attend(q, kv, kv, torch.tensor([0, 6], dtype=torch.int32), 6, 0.5)
+    assert seen.get("is_causal") is True or seen.get("window_size") == (-1, 0)
+    assert seen["kv_heads"] == (2 if signature == "later" else 4) and seen["scale"] == 0.5

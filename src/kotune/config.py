@@ -164,6 +164,8 @@ class TrainSection:
     max_grad_norm: float = 1.0
     max_length: int = 512  # tokens per example (or per packed sequence)
     packing: bool = False
+    # pad every batch to a multiple of this many tokens: fewer distinct shapes for compiled kernels (Unsloth)
+    pad_to_multiple_of: int | None = None
     assistant_only_loss: bool = True  # false: loss on prompt tokens too
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"  # auto: bf16 on CUDA where supported, else fp32
     device: Literal["auto", "cuda", "cpu"] = "auto"  # cuda: fail rather than crawl along on the CPU
@@ -184,6 +186,8 @@ class TrainSection:
                      "max_length", "logging_steps", "eval_steps", "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise ValueError("pad_to_multiple_of must be >= 1 or null")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError("max_steps must be -1 (use num_train_epochs) or > 0")
 

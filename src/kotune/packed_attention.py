@@ -32,20 +32,24 @@ def sequence_boundaries(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def _kernel():
-    """PyTorch's varlen_attn with causal masking and grouped-query heads, across its two signatures."""
+    """PyTorch's varlen_attn, causal, with grouped-query heads, across its signatures: torch 2.10 takes
+    `is_causal`, 2.11 `window_size`, and only later versions `enable_gqa` (else the key/value heads
+    are repeated, as SDPA does without it)."""
     from torch.nn.attention.varlen import varlen_attn
 
     accepted = inspect.signature(varlen_attn).parameters
-    if "window_size" in accepted:  # torch >= 2.11
-        def causal(q, k, v, cu, longest, scale):
-            return varlen_attn(q, k, v, cu, cu, longest, longest, scale=scale, window_size=(-1, 0),
-                               enable_gqa=q.shape[1] != k.shape[1])
-    else:  # torch 2.10: is_causal, no grouped-query support: repeat the key/value heads
-        def causal(q, k, v, cu, longest, scale):
+    causal = {"window_size": (-1, 0)} if "window_size" in accepted else {"is_causal": True}
+    native_gqa = "enable_gqa" in accepted
+
+    def attend(q, k, v, cu, longest, scale):
+        if q.shape[1] != k.shape[1]:
+            if native_gqa:
+                return varlen_attn(q, k, v, cu, cu, longest, longest, scale=scale, enable_gqa=True, **causal)
             groups = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-            return varlen_attn(q, k, v, cu, cu, longest, longest, scale=scale, is_causal=True)
-    return causal
+        return varlen_attn(q, k, v, cu, cu, longest, longest, scale=scale, **causal)
+
+    return attend
 
 
 class _Boundaries:
