@@ -34,6 +34,8 @@ declare -A LEVERS=(
   [tf-sdpa]=""
   [tf-varlen]="model.attn_implementation=varlen"
   [tf-varlen-liger]="model.attn_implementation=varlen train.use_liger_kernel=true"
+  [tf-varlen-liger-fused]="model.attn_implementation=varlen train.use_liger_kernel=true train.optim=adamw_torch_fused"
+  [tf-varlen-fused]="model.attn_implementation=varlen train.optim=adamw_torch_fused"
   [unsloth]="train.backend=unsloth"
   [unsloth-pad]="train.backend=unsloth train.pad_to_multiple_of=4096"
 )

@@ -157,7 +157,8 @@ class TrainSection:
     per_device_eval_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False  # true: less memory, ~20-30% slower (GPU presets turn it on)
-    optim: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = "adamw_torch"  # 8-bit ones need CUDA
+    # 8-bit ones need CUDA; adamw_torch_fused: one kernel for all LoRA tensors (fast; LoRA states are small)
+    optim: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"] = "adamw_torch"
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     warmup_steps: float = 0.05  # < 1: a ratio of all steps
     weight_decay: float = 0.0

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Long context through the real `kotune train`: one 8B Llama-3-shaped model (random weights, position
+# table widened to 262,144), one Korean text record per context length (KoAlpaca outputs joined, cut
+# to the length by the trainer), micro-batch 1, a few steps each. Run on the GPU device:
+#
+#   CTX="131072 262144" LEVER="train.backend=unsloth" bash bench/gpu_long.sh
+#
+# Writes kotune_long-<ctx>.json (the stage's metrics: steady tokens/s, peak memory) under $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/kotune-bench}
+mkdir -p "$OUT"
+source bench/device_env.sh
+[ -d /tmp/l8b ] || python3 bench/llama8b.py --tokenizer /tmp/tok --out /tmp/l8b
+python3 - <<'PY'
+import json
+from pathlib import Path
+config = Path("/tmp/l8b/config.json")
+values = json.loads(config.read_text())
+values["max_position_embeddings"] = 262144  # the weights do not depend on it; RoPE is computed per position
+config.write_text(json.dumps(values, indent=1))
+rows = json.loads(Path("/tmp/raw/ko_alpaca_data.json").read_text())
+text = "\n\n".join(r["output"] for r in rows)  # about 2.5 characters per Llama 3 token in Korean prose
+folder = Path("/tmp/long"); folder.mkdir(exist_ok=True)
+(folder / "train.jsonl").write_text("".join(json.dumps({"text": text[i:i + 1_200_000]}, ensure_ascii=False) + "\n"
+                                            for i in range(0, 4_800_000, 1_200_000)))
+(folder / "eval.jsonl").write_text("")
+PY
+for ctx in ${CTX:-131072}; do
+  # shellcheck disable=SC2086
+  python3 bench/set_params.py "/tmp/long-$ctx.yaml" model.name_or_path=/tmp/l8b \
+    model.pad_token='<|reserved_special_token_250|>' model.torch_dtype=bfloat16 quant.bnb_4bit_compute_dtype=bfloat16 \
+    lora.lora_alpha=16 lora.lora_dropout=0.0 train.device=cuda train.gradient_checkpointing=true \
+    train.optim=adamw_8bit train.max_length="$ctx" data.max_tokens="$ctx" train.packing=false \
+    train.per_device_train_batch_size=1 train.max_steps="${STEPS:-4}" train.logging_steps=1 \
+    train.eval_steps=100000 train.save_steps=100000 ${LEVER:-}
+  timeout "${RUN_TIMEOUT:-300}" python3 -m kotune train --params "/tmp/long-$ctx.yaml" --data /tmp/long \
+    --adapter "/tmp/a-long-$ctx" --checkpoints "/tmp/c-long-$ctx" --tensorboard "/tmp/tb-long-$ctx" \
+    --metrics "$OUT/kotune_long-$ctx.json" --plots "/tmp/p-long-$ctx" > "$OUT/log_long-$ctx.txt" 2>&1
+  echo "long $ctx: exit $?"; grep -E "done:|Error|error|peak_memory" "$OUT/log_long-$ctx.txt" | tail -4 | cut -c1-300
+done
