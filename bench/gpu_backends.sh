@@ -36,6 +36,7 @@ declare -A LEVERS=(
   [tf-varlen-liger]="model.attn_implementation=varlen train.use_liger_kernel=true"
   [tf-varlen-liger-fused]="model.attn_implementation=varlen train.use_liger_kernel=true train.optim=adamw_torch_fused"
   [tf-varlen-fused]="model.attn_implementation=varlen train.optim=adamw_torch_fused"
+  [tf-varlen-fused-every2]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.checkpoint_every_n_layers=2"
   [unsloth]="train.backend=unsloth"
   [unsloth-pad]="train.backend=unsloth train.pad_to_multiple_of=4096"
 )

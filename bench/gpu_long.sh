@@ -21,8 +21,9 @@ config.write_text(json.dumps(values, indent=1))
 rows = json.loads(Path("/tmp/raw/ko_alpaca_data.json").read_text())
 text = "\n\n".join(r["output"] for r in rows)  # about 2.5 characters per Llama 3 token in Korean prose
 folder = Path("/tmp/long"); folder.mkdir(exist_ok=True)
-(folder / "train.jsonl").write_text("".join(json.dumps({"text": text[i:i + 1_200_000]}, ensure_ascii=False) + "\n"
-                                            for i in range(0, 4_800_000, 1_200_000)))
+chunks = [text[i:i + 1_200_000] for i in range(0, len(text) - 1_200_000 + 1, 1_200_000)]  # whole ones only
+print(f"{len(chunks)} text records of 1.2M characters", flush=True)
+(folder / "train.jsonl").write_text("".join(json.dumps({"text": c}, ensure_ascii=False) + "\n" for c in chunks))
 (folder / "eval.jsonl").write_text("")
 PY
 for ctx in ${CTX:-131072}; do

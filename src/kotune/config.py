@@ -157,6 +157,8 @@ class TrainSection:
     per_device_eval_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False  # true: less memory, ~20-30% slower (GPU presets turn it on)
+    checkpoint_every_n_layers: int = 1  # 2: recompute every other decoder layer (faster, more memory)
+    offload_activations: bool = False  # checkpointed layer inputs wait in pinned CPU memory (long context)
     # 8-bit ones need CUDA; adamw_torch_fused: one kernel for all LoRA tensors (fast; LoRA states are small)
     optim: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"] = "adamw_torch"
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
@@ -187,6 +189,11 @@ class TrainSection:
                      "max_length", "logging_steps", "eval_steps", "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.checkpoint_every_n_layers < 1:
+            raise ValueError("checkpoint_every_n_layers must be >= 1")
+        if (self.offload_activations or self.checkpoint_every_n_layers > 1) and not self.gradient_checkpointing:
+            raise ValueError("offload_activations and checkpoint_every_n_layers apply to gradient checkpointing: "
+                             "set gradient_checkpointing: true")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise ValueError("pad_to_multiple_of must be >= 1 or null")
         if self.max_steps == 0 or self.max_steps < -1:
@@ -275,6 +282,9 @@ class Params:
                                  "kernels and both patch the same modules; turn one off")
             if self.lora.use_dora:
                 raise ValueError("lora.use_dora is not supported by train.backend unsloth")
+            if self.train.checkpoint_every_n_layers > 1:
+                raise ValueError("train.checkpoint_every_n_layers > 1 with train.backend unsloth: Unsloth "
+                                 "checkpoints (and offloads) every layer")
 
 
 def params_from_dict(values: dict, origin: Origin | None = None) -> Params:

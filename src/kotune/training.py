@@ -119,3 +119,40 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
         writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
+
+
+class SelectiveCheckpointing(TrainerCallback):
+    """train.checkpoint_every_n_layers and train.offload_activations on top of the checkpointing the
+    Trainer switches on as training begins (transformers >= 5.23 has both as options; the GPU image's
+    5.17 does not, so kotune sets them per decoder layer itself, the same way)."""
+
+    def __init__(self, every_n_layers: int, offload: bool):
+        self.every_n_layers, self.offload = every_n_layers, offload
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+        for index, layer in enumerate(layers):
+            layer.gradient_checkpointing = index % self.every_n_layers == 0
+            if self.offload and layer.gradient_checkpointing:
+                layer._gradient_checkpointing_func = offloaded(layer._gradient_checkpointing_func)
+        return control
+
+
+def offloaded(checkpoint):
+    """Run a checkpointed layer with what autograd saves for it (the layer's inputs) in pinned CPU memory."""
+    import functools
+
+    import torch
+    from torch.autograd.graph import save_on_cpu
+
+    pin = torch.cuda.is_available()  # pinned pages make the copies back asynchronous; they need CUDA
+
+    @functools.wraps(checkpoint)
+    def run(function, *args, **kwargs):
+        with save_on_cpu(pin_memory=pin):
+            return checkpoint(function, *args, **kwargs)
+
+    run.kotune_offloaded = True
+    return run
