@@ -147,3 +147,16 @@ def test_every_varlen_signature_gets_causal_grouped_query_attention(monkeypatch,
     attend(q, kv, kv, torch.tensor([0, 6], dtype=torch.int32), 6, 0.5)
     assert seen.get("is_causal") is True or seen.get("window_size") == (-1, 0)
     assert seen["kv_heads"] == (2 if signature == "later" else 4) and seen["scale"] == 0.5
+
+
+def test_whole_rows_go_to_sdpa_not_the_varlen_kernel(cpu_kernel, monkeypatch, tiny_model_dir, tiny_tokenizer):
+    """No restarts in the position ids (a long document per row): SDPA's causal kernel, same logits."""
+    def refuse(*args):
+        raise AssertionError("varlen kernel used for whole rows")
+
+    ids = torch.tensor([examples(tiny_tokenizer)[2]])
+    with torch.no_grad():
+        want = load(tiny_model_dir, "sdpa")(input_ids=ids).logits
+        monkeypatch.setattr(packed_attention, "_causal_varlen", refuse)
+        got = load(tiny_model_dir, packed_attention.NAME)(input_ids=ids, use_cache=False).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -99,6 +99,12 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
         if position_ids is None:
             position_ids = torch.arange(seq, device=query.device).expand(batch, seq)
         cu, longest = _boundaries(position_ids, batch, seq)
+    if cu.numel() - 1 == batch and longest == seq:
+        # One whole sequence per row (long-context documents): SDPA's causal kernels are faster on Hopper
+        # (cuDNN) than the FlashAttention-2 kernel varlen_attn runs, and need nothing else here.
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, is_causal=True, scale=scaling, enable_gqa=key.shape[1] != heads)
+        return out.transpose(1, 2), None
     return _causal_varlen(q, k, v, cu, longest, scaling).view(batch, seq, heads, dim), None
 
 
