@@ -48,11 +48,19 @@ def test_dockerfile_installs_only_the_lock():
     """The image installs the same lock file CI does, and no second list of versions."""
     text = (ROOT / "docker" / "Dockerfile").read_text()
     installs = re.findall(r"pip install ([^\n&\\]+)", text)
-    assert [i.strip() for i in installs] == ["-r /opt/kotune/requirements.lock", "--no-deps /opt/kotune"]
+    assert [i.strip() for i in installs] == ["-r /opt/kotune/requirements.lock",
+                                             "-r /opt/kotune/requirements-unsloth.txt; fi", "--no-deps /opt/kotune"]
+    assert 'if [ "$BACKEND" = unsloth ]' in text  # the Unsloth overlay only when asked for
     assert "COPY requirements.lock /opt/kotune/requirements.lock" in text
     instructions = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     assert not re.search(r"[A-Za-z0-9_.-]+==\d", instructions)
     assert "HF_TOKEN" not in text.replace("(HF_TOKEN from the environment)", "")  # no secret in a layer
+
+
+def test_unsloth_overlay_pins_exact_versions():
+    lines = [line for line in (ROOT / "requirements-unsloth.txt").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.+]*", line) for line in lines)
 
 
 def test_dockerignore_keeps_the_build_context_small():
