@@ -5,10 +5,7 @@
 set -euo pipefail
 OUT=${OUT:-/tmp/kotune-bench}
 mkdir -p "$OUT" /tmp/raw /tmp/tok
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD/src HF_HUB_OFFLINE=1 TQDM_DISABLE=1 PYTHONUNBUFFERED=1
-cp .whl/llama3/*.json /tmp/tok/ && gunzip -c .whl/llama3/tokenizer.json.gz > /tmp/tok/tokenizer.json
-gunzip -c .whl/ko_alpaca_data.json.gz > /tmp/raw/ko_alpaca_data.json
+source bench/device_env.sh  # .whl/ packages on PYTHONPATH, tokenizer in /tmp/tok, KoAlpaca in /tmp/raw
 python3 bench/llama8b.py --tokenizer /tmp/tok --out /tmp/l8b
 python3 bench/set_params.py /tmp/p.yaml model.name_or_path=/tmp/l8b model.pad_token='<|reserved_special_token_250|>' \
   model.torch_dtype=bfloat16 quant.bnb_4bit_compute_dtype=bfloat16 train.device=cuda train.packing=true \

@@ -5,11 +5,8 @@
 set -euo pipefail
 OUT=${OUT:-/tmp/kotune-bench}
 mkdir -p "$OUT" /tmp/raw /tmp/tok
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD/src HF_HUB_OFFLINE=1 TQDM_DISABLE=1 PYTHONUNBUFFERED=1
+source bench/device_env.sh  # .whl/ packages on PYTHONPATH, tokenizer in /tmp/tok, KoAlpaca in /tmp/raw
 nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/gpu.txt"
-cp .whl/llama3/*.json /tmp/tok/ && gunzip -c .whl/llama3/tokenizer.json.gz > /tmp/tok/tokenizer.json
-gunzip -c .whl/ko_alpaca_data.json.gz > /tmp/raw/ko_alpaca_data.json
 python3 bench/llama8b.py --tokenizer /tmp/tok --out /tmp/l8b
 common=(model.name_or_path=/tmp/l8b model.pad_token='<|reserved_special_token_250|>' model.torch_dtype=bfloat16
         quant.bnb_4bit_compute_dtype=bfloat16 lora.lora_alpha=16 lora.lora_dropout=0.0 train.device=cuda

@@ -4,15 +4,12 @@
 #
 #   bash bench/gpu_train.sh
 #
-# It expects in .whl/ (ignored, carried): the wheels of ../shared/wheels (bitsandbytes, trl, datasets,
-# dill, multiprocess; pytest for the GPU tests), llama3/ (tokenizer.json.gz, tokenizer_config.json,
-# special_tokens_map.json), ko_alpaca_data.json.gz, and peer_baselines.py from ../shared/bench.
+# It expects in .whl/ (ignored, carried) what bench/device_env.sh lists.
 # Writes the JSON figures under $OUT.
 set -euo pipefail
 OUT=${OUT:-/tmp/kotune-bench}
 mkdir -p "$OUT" /tmp/raw /tmp/tok
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD/src HF_HUB_OFFLINE=1 TQDM_DISABLE=1 PYTHONUNBUFFERED=1
+source bench/device_env.sh  # .whl/ packages on PYTHONPATH, tokenizer in /tmp/tok, KoAlpaca in /tmp/raw
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, transformers, peft, trl, bitsandbytes; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'trl', trl.__version__, 'bitsandbytes', bitsandbytes.__version__)" | tee -a "$OUT/gpu.txt"
 
@@ -20,8 +17,6 @@ if [ "${GPU_TESTS:-1}" = 1 ]; then
   python3 -m pytest -q -p no:cacheprovider -m gpu tests/ 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
 fi
 
-cp .whl/llama3/*.json /tmp/tok/ && gunzip -c .whl/llama3/tokenizer.json.gz > /tmp/tok/tokenizer.json
-gunzip -c .whl/ko_alpaca_data.json.gz > /tmp/raw/ko_alpaca_data.json
 python3 bench/llama8b.py --tokenizer /tmp/tok --out /tmp/l8b
 
 # The seed recipe's shape: nf4 + double quant + bf16 compute, LoRA r16/alpha16 on the 7 projections,
