@@ -32,6 +32,8 @@ python3 -m kotune prepare --params /tmp/base.yaml --raw /tmp/raw --out /tmp/proc
 
 declare -A LEVERS=(
   [tf-sdpa]=""
+  [tf-sdpa-liger]="train.use_liger_kernel=true"
+  [tf-sdpa-liger-bs8]="train.use_liger_kernel=true train.per_device_train_batch_size=8"
   [tf-varlen]="model.attn_implementation=varlen"
   [tf-varlen-liger]="model.attn_implementation=varlen train.use_liger_kernel=true"
   [tf-varlen-liger-fused]="model.attn_implementation=varlen train.use_liger_kernel=true train.optim=adamw_torch_fused"
