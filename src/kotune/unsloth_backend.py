@@ -1,6 +1,7 @@
 """`train.backend: unsloth`: the same train stage (data, SFTConfig, checkpoints, metrics) with the model
-loaded and LoRA-wrapped by Unsloth, whose fused 4-bit LoRA kernels and offloaded gradient checkpointing
-are faster and leaner than transformers + PEFT + bitsandbytes (bench/README.md has the figures).
+loaded and LoRA-wrapped by Unsloth (fused 4-bit LoRA kernels, offloaded gradient checkpointing).
+Measured on an H100: leaner than kotune's own path, but slower on packed real data (3,604 against
+6,220 tokens/s; bench/results/2026-11-24-h100-issue6.md), so no preset uses it.
 
 Optional: Unsloth pins older transformers/trl/datasets than requirements.lock, so it is installed on
 its own (`pip install -r requirements-unsloth.txt`, or the image's `--build-arg BACKEND=unsloth`).
