@@ -159,6 +159,7 @@ class TrainSection:
     gradient_checkpointing: bool = False  # true: less memory, ~20-30% slower (GPU presets turn it on)
     checkpoint_every_n_layers: int = 1  # 2: recompute every other decoder layer (faster, more memory)
     offload_activations: bool = False  # checkpointed layer inputs wait in pinned CPU memory (long context)
+    compile_layers: bool = False  # regional torch.compile of each decoder layer: fuses the small ops; compiles first
     # 8-bit ones need CUDA; adamw_torch_fused: one kernel for all LoRA tensors (fast; LoRA states are small)
     optim: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"] = "adamw_torch"
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
@@ -285,6 +286,9 @@ class Params:
             if self.train.checkpoint_every_n_layers > 1:
                 raise ValueError("train.checkpoint_every_n_layers > 1 with train.backend unsloth: Unsloth "
                                  "checkpoints (and offloads) every layer")
+            if self.train.compile_layers:
+                raise ValueError("train.compile_layers with train.backend unsloth: Unsloth compiles its own "
+                                 "kernels; turn one off")
 
 
 def params_from_dict(values: dict, origin: Origin | None = None) -> Params:

@@ -70,6 +70,9 @@ _boundaries = _Boundaries()
 _causal_varlen = None
 
 
+# Opaque to torch.compile (train.compile_layers): the boundaries cache and the host-side lengths are
+# Python work that would only break the graph inside; the layer compiles around this call.
+@torch.compiler.disable
 def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
                              scaling: float | None = None, position_ids=None, cu_seq_lens_q=None,
                              max_length_q=None, **kwargs):

@@ -102,6 +102,10 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
     every, offload = params.train.checkpoint_every_n_layers, params.train.offload_activations
     if params.train.backend == "transformers" and (every > 1 or offload):
         trainer.add_callback(training.SelectiveCheckpointing(every, offload))
+    if params.train.compile_layers:
+        from kotune.compiling import CompileLayers
+
+        trainer.add_callback(CompileLayers())
     trainable, total = trainer.model.get_nb_trainable_parameters()  # PEFT counts 4-bit weights unpacked
     log.info("trainable LoRA parameters: %d (%.2f%% of %d)", trainable, 100 * trainable / total, total)
     return trainer, tokenizer, load_seconds
