@@ -43,7 +43,10 @@ def public(record):
 
 
 def record_id(record: dict) -> str:
-    """Content hash of the canonical turns: equal content, equal id (exact-duplicate detection)."""
+    """Content hash of the canonical turns: equal content, equal id (exact-duplicate detection).
+
+    A source's own ids (`id`, AI Hub's `dialogueID`) are not used: two records sharing one but not their turns
+    are two examples and both kept; two with different ids and the same turns are duplicates."""
     content = record.get("messages", record.get("text"))
     return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()[:16]
 
@@ -99,10 +102,13 @@ def filter_lengths(outcome: Outcome, tokenizer, cfg: DataSection) -> list[int]:
     """Reject conversations outside [min_tokens, max_tokens]; return the kept records' token counts."""
     texts = [render(tokenizer, r) for r in tqdm(outcome.kept, desc="render", unit="rec",
                                                  disable=len(outcome.kept) < 2000)]
-    counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    counts = count_tokens(tokenizer, texts, cfg.max_tokens)
     kept, lengths = [], []
-    for record, count in zip(outcome.kept, counts, strict=True):
-        if count > cfg.max_tokens:
+    for record, text, count in zip(outcome.kept, texts, counts, strict=True):
+        if count is None:
+            outcome.reject(record["_origin"], "too_long", f"{len(text)} characters: more than data.max_tokens "
+                           f"{cfg.max_tokens} tokens can hold (not tokenized)", record)
+        elif count > cfg.max_tokens:
             outcome.reject(record["_origin"], "too_long", f"{count} tokens > data.max_tokens {cfg.max_tokens}", record)
         elif count < cfg.min_tokens:
             outcome.reject(record["_origin"], "too_short", f"{count} tokens < data.min_tokens {cfg.min_tokens}",
@@ -114,13 +120,28 @@ def filter_lengths(outcome: Outcome, tokenizer, cfg: DataSection) -> list[int]:
     return lengths
 
 
+def count_tokens(tokenizer, texts: list[str], max_tokens: int) -> list[int | None]:
+    """Token counts, None for a text too long to fit without tokenizing it: a token stands for at most as
+    many characters as its vocabulary entry has (byte-level BPE: one per byte; SentencePiece: '▁' per space),
+    and a multi-megabyte record would otherwise cost seconds and gigabytes of token ids."""
+    ceiling = max_tokens * max(map(len, tokenizer.get_vocab()))
+    fits = [text for text in texts if len(text) <= ceiling]
+    counts = iter([len(ids) for ids in tokenizer(fits, add_special_tokens=False)["input_ids"]] if fits else [])
+    return [next(counts) if len(text) <= ceiling else None for text in texts]
+
+
 def split(records: list[dict], cfg: DataSection) -> tuple[list[int], list[int]]:
     """Indices of train and eval records. A seeded hash orders records, so adding data moves few."""
     if len(records) < 2:
         return list(range(len(records))), []
     n_eval = int(cfg.eval_size) if cfg.eval_size >= 1 else max(1, round(cfg.eval_size * len(records)))
     n_eval = min(n_eval, len(records) - 1)
-    order = sorted(range(len(records)),
-                   key=lambda i: hashlib.sha256(f"{cfg.seed}:{records[i]['id']}".encode()).hexdigest())
+    keys = [hashlib.sha256(f"{cfg.seed}:{record['id']}".encode()).hexdigest() for record in records]
+    order = sorted(range(len(records)), key=keys.__getitem__)
+    # Copies kept by dedup: false share an id; the cut moves past them so eval never scores trained-on text.
+    while 0 < n_eval < len(order) and keys[order[n_eval]] == keys[order[n_eval - 1]]:
+        n_eval += 1
+    if n_eval == len(order):  # every record from the cut on is one conversation: leave it all to train
+        n_eval = next(i for i in range(len(order)) if keys[order[i]] == keys[order[-1]])
     eval_set = set(order[:n_eval])
     return ([i for i in range(len(records)) if i not in eval_set], sorted(eval_set))

@@ -41,8 +41,10 @@ def first_present(value: dict, cfg: DataSection, name: str, fallbacks: Iterable[
 
 
 def require_text(value: dict, key: str) -> str:
-    if key not in value or value[key] is None:
+    if key not in value:
         raise Reject("missing_field", f"no '{key}' field (have: {', '.join(map(str, value)) or 'none'})")
+    if value[key] is None:
+        raise Reject("missing_field", f"'{key}' is null")
     if not isinstance(value[key], str):
         raise Reject("bad_field", f"'{key}' is {type(value[key]).__name__}, not text")
     return value[key]
@@ -76,6 +78,11 @@ def descend(value: Any, is_record, path: str = "") -> Iterator[tuple[str, Any]]:
     elif isinstance(value, dict):
         for key, item in value.items():
             yield from descend(item, is_record, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list) and any(is_record(item) for item in value):
+        # A list that holds records holds only records: an item that does not look like one is a bad record
+        # for convert to reject, not a container to search (it would vanish without a count).
+        for index, item in enumerate(value):
+            yield f"{path}[{index}]", item
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from descend(item, is_record, f"{path}[{index}]")

@@ -13,18 +13,21 @@ ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assi
 
 
 def _turns_key(value, cfg: DataSection) -> str | None:
-    key = first_present(value, cfg, "messages", ("conversations", "conversation"))
-    return key if key and isinstance(value[key], list) else None
+    return first_present(value, cfg, "messages", ("conversations", "conversation"))
 
 
 def is_record(value, cfg: DataSection) -> bool:
-    return isinstance(value, dict) and _turns_key(value, cfg) is not None
+    return isinstance(value, dict) and isinstance(value.get(_turns_key(value, cfg)), list)
 
 
 def convert(value, cfg: DataSection, stats: Counter) -> dict:
-    key = _turns_key(value, cfg) if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        raise Reject("not_an_object", f"a {type(value).__name__}, not an object with a list of messages")
+    key = _turns_key(value, cfg)
     if key is None:
         raise Reject("missing_field", "no list of messages ('messages' or ShareGPT 'conversations')")
+    if not isinstance(value[key], list):
+        raise Reject("bad_field", f"'{key}' is {type(value[key]).__name__}, not a list of turns")
     messages = [_message(turn, index, cfg) for index, turn in enumerate(value[key])]
     system = value.get("system")
     if isinstance(system, str) and system.strip() and not any(m["role"] == "system" for m in messages):
@@ -38,7 +41,8 @@ def _message(turn, index: int, cfg: DataSection) -> dict:
     role_key = first_present(turn, cfg, "role", ("from",))
     content_key = first_present(turn, cfg, "content", ("value", "text"))
     if role_key is None or content_key is None:
-        raise Reject("missing_field", f"turn {index} needs role/content (or from/value)")
+        have = ", ".join(map(str, turn)) or "none"
+        raise Reject("missing_field", f"turn {index} needs role/content (or from/value); it has: {have}")
     role = ROLES.get(str(turn[role_key]).strip().lower())
     if role is None:
         raise Reject("unknown_role", f"turn {index} has role {turn[role_key]!r}")

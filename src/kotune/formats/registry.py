@@ -27,6 +27,10 @@ def choose_format(records: list[RawRecord], cfg: DataSection) -> ModuleType:
             if next(descend(record.value, lambda v, m=module: m.is_record(v, cfg)), None) is not None:
                 votes[name] += 1
                 break
+    if records and not parsed:
+        first = records[0]
+        raise KotuneError(f"{first.where}: no record could be read, so the format cannot be detected; the first: "
+                          f"{first.error[0]}: {first.error[1]}")
     if not votes:
         first = parsed[0] if parsed else (records[0] if records else None)
         fields = ", ".join(map(str, first.value)) if first and isinstance(first.value, dict) else "none"

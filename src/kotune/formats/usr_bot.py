@@ -38,7 +38,9 @@ def convert(value, cfg: DataSection, stats: Counter) -> dict:
     pattern, roles = _splitter(cfg.usr_bot)
     parts = pattern.split(require_text(value, column(cfg, "text")))
     if parts[0].strip():
-        raise Reject("text_before_first_turn", f"{parts[0].strip()[:40]!r} comes before any turn marker")
+        markers = ", ".join([*cfg.usr_bot.user, *cfg.usr_bot.assistant, *cfg.usr_bot.system])
+        raise Reject("text_before_first_turn",
+                     f"{parts[0].strip()[:40]!r} comes before any turn marker of data.usr_bot ({markers})")
     messages: list[dict] = []
     for marker, content in zip(parts[1::2], parts[2::2], strict=True):
         role = roles[marker]

@@ -38,9 +38,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def read_raw(folder: str, cfg: DataSection) -> list:
-    records = []
+    records, empty = [], []
     for path in list_raw_files(folder):
-        records += list(read_file(path, cfg.encoding, cfg.usr_bot.conversation_separator))
+        found = list(read_file(path, cfg.encoding, cfg.usr_bot.conversation_separator))
+        if not found:
+            log.warning("%s: no records (an empty file, [], or a header alone)", path)
+            empty.append(str(path))
+        records += found
+    if not records:
+        raise KotuneError(f"{', '.join(empty)}: no records (an empty file, [], or a header alone)")
     log.info("read %d raw records from %s", len(records), folder)
     return records
 
@@ -59,8 +65,10 @@ def main(argv=None) -> None:
     lengths = dataprep.filter_lengths(outcome, tokenizer, data)
     if not outcome.kept:
         write_outputs(args.out, outcome, [], [])
+        first = outcome.rejects[0]
         raise KotuneError(f"no records left from {args.raw}; the reasons are in {args.out}/rejects.jsonl: "
-                          f"{_reject_counts(outcome)}")
+                          f"{_reject_counts(outcome)}; the first: {first['where']}: {first['reason']}: "
+                          f"{first['detail']}")
     train_idx, eval_idx = dataprep.split(outcome.kept, data)
     write_outputs(args.out, outcome, train_idx, eval_idx)
     write_json(args.metrics, metrics(outcome, lengths, train_idx, eval_idx, len(raw)))
