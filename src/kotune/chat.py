@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from kotune.errors import KotuneError
+from kotune.modeling import require_safetensors
 from kotune.template import render_prompt, stop_token_ids
 
 
@@ -47,9 +48,11 @@ def load(path: str):
     if (folder / "adapter_config.json").exists():
         from peft import AutoPeftModelForCausalLM
 
+        require_safetensors(folder, "adapter")
         model = AutoPeftModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device_map)
     else:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device_map)
+        require_safetensors(folder, "model")
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device_map, use_safetensors=True)
     return model.eval(), AutoTokenizer.from_pretrained(folder)
 
 

@@ -14,10 +14,35 @@ from kotune.template import choose_chat_template
 log = logging.getLogger(__name__)
 
 
+# Weight files that are Python pickles: unpickling one can run any code, so kotune never loads them.
+PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def require_safetensors(folder: str | Path, what: str) -> None:
+    """Refuse a local model or adapter folder whose weights exist only as pickles (pytorch_model.bin, *.pt).
+    Hub ids need no check here: `use_safetensors=True` makes transformers fetch safetensors or fail."""
+    folder = Path(folder)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLED_SUFFIXES)
+    if pickled:
+        raise KotuneError(
+            f"{folder}: the {what} weights are pickled ({', '.join(pickled)}); loading a pickle can run code, so "
+            "kotune loads safetensors only. Convert them once, in an environment you trust, with "
+            "`AutoModelForCausalLM.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)`")
+
+
+def warn_remote_code(model: ModelSection) -> None:
+    if model.trust_remote_code:
+        log.warning("model.trust_remote_code is true: Python files from %s will run in this process; "
+                    "pin model.revision and read them first", model.name_or_path)
+
+
 def load_tokenizer(model: ModelSection):
     """The tokenizer with kotune's rules applied: a chat template, and a pad token distinct from EOS."""
     from transformers import AutoTokenizer
 
+    warn_remote_code(model)
     local = Path(model.name_or_path).exists()
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -88,10 +113,13 @@ def load_base_model(model: ModelSection, quant: QuantSection, device: str):
     from transformers import AutoModelForCausalLM
 
     check_attention(model, device)
+    require_safetensors(model.name_or_path, "base model")
+    warn_remote_code(model)
     started = time.perf_counter()
     try:
         base = AutoModelForCausalLM.from_pretrained(
             model.name_or_path, revision=model.revision, trust_remote_code=model.trust_remote_code,
+            use_safetensors=True,
             quantization_config=bnb_config(quant, device), dtype=torch_dtype(model.torch_dtype, device),
             attn_implementation=model.attn_implementation, device_map={"": 0 if device == "cuda" else "cpu"},
         )
