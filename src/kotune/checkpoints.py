@@ -8,6 +8,9 @@ written only after the Trainer has finished saving it, holding the run's fingerp
 resolved model/quant/lora/train params, the processed data and the base model's identity.
 At start-up, checkpoints without a marker (killed mid-save) or with another fingerprint are deleted,
 each with a log line saying why.
+
+Older checkpoints are deleted (train.save_total_limit) only once the newest is marked complete, and
+SIGTERM or SIGINT (Ctrl-C) ends training with a checkpoint (SaveOnSignal).
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import json
 import logging
 import re
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-from kotune.atomic import write_json
+from kotune.atomic import DiskFullError, disk_full, disk_full_error, write_json
 
 log = logging.getLogger(__name__)
 MARKER = "kotune_checkpoint.json"
@@ -98,14 +103,79 @@ def _finished(path: Path) -> bool:
     return state["global_step"] >= state["max_steps"]
 
 
-class MarkComplete(TrainerCallback):
-    """Write the marker after the Trainer has saved a checkpoint (on_save runs once saving is done)."""
+def checkpoint_disk_full(exc: BaseException, folder: Path, keep: int | None) -> DiskFullError | None:
+    """If `exc` is a checkpoint that did not fit: remove what it left (it holds space, and resuming skips it
+    anyway) and say what to change; the complete checkpoints stay, to resume from."""
+    if not disk_full(exc, folder):
+        return None
+    complete = [p for p in folder.glob("checkpoint-*") if (p / MARKER).exists()]
+    for path in folder.glob("*checkpoint-*"):
+        if path not in complete and _CHECKPOINT.search(path.name):
+            log.info("removing %s: incomplete (its save failed)", path)
+            shutil.rmtree(path, ignore_errors=True)
+    each = max((sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) for p in complete), default=0)
+    return disk_full_error(folder, exc, (
+        f"Each checkpoint takes {each / 2**20:.1f} MiB. Free space there (`df -h {folder}`), point --checkpoints "
+        f"(paths.checkpoints in dvc.yaml) at a disk with room, or lower train.save_total_limit (now {keep}) to "
+        "keep fewer checkpoints; then run the same command to resume from the last complete one."))
 
-    def __init__(self, current: str):
-        self.current = current
+
+class MarkComplete(TrainerCallback):
+    """After the Trainer has saved a checkpoint (on_save runs once saving is done): flush the logs, so they
+    hold every step the checkpoint holds; write the marker; then delete the complete checkpoints beyond
+    the newest `keep`. The Trainer itself deletes them before on_save, so a kill in between would leave
+    keep - 1 complete checkpoints (none with train.save_total_limit: 1); training.sft_config turns that off."""
+
+    def __init__(self, current: str, keep: int | None = None, flush: tuple = ()):
+        self.current, self.keep, self.flush = current, keep, flush
 
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if path.is_dir():
+            for writer in self.flush:
+                writer.flush()
             write_json(path / MARKER, {"fingerprint": self.current, "step": state.global_step})
+            self._rotate(path.parent)
+        return control
+
+    def _rotate(self, folder: Path) -> None:
+        if not self.keep or self.keep <= 0:
+            return
+        complete = sorted((p for p in folder.glob("checkpoint-*") if (p / MARKER).exists()), key=step_of)
+        for path in complete[: -self.keep]:
+            shutil.rmtree(path)
+
+
+class SaveOnSignal(TrainerCallback):
+    """SIGTERM (`docker stop`, Slurm, a preemption notice) or SIGINT (Ctrl-C) while training: finish the
+    step, save a checkpoint and stop; `received` says which signal. A second signal acts at once, as if
+    this were not installed (the previous handlers are back). Install it with `with SaveOnSignal() as stop:`."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # Python runs handlers only there
+            for signum in self.SIGNALS:
+                if signal.getsignal(signum) is not signal.SIG_IGN:  # `nohup`, background jobs: keep ignoring
+                    self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info):
+        while self.previous:
+            signum, handler = self.previous.popitem()
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame):
+        self.received = signum
+        self.__exit__()
+        log.warning("%s received: saving a checkpoint after this step, then stopping (send it again to stop at "
+                    "once, without saving)", signal.Signals(signum).name)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received is not None:
+            control.should_save = control.should_training_stop = True
         return control

@@ -60,7 +60,9 @@ def sft_config(train: TrainSection, device: str, output_dir: Path, conversationa
         bf16=bf16, fp16=fp16, use_cpu=device == "cpu", seed=train.seed, data_seed=train.seed,
         logging_steps=train.logging_steps, logging_first_step=True,
         eval_strategy="steps" if has_eval else "no", eval_steps=train.eval_steps,
-        save_strategy="steps", save_steps=train.save_steps, save_total_limit=train.save_total_limit,
+        # save_total_limit: None, since kotune.checkpoints.MarkComplete deletes old checkpoints itself, once
+        # the new one is complete (the Trainer would do it before, leaving a window with too few).
+        save_strategy="steps", save_steps=train.save_steps, save_total_limit=None,
         include_num_input_tokens_seen="non_padding", report_to="none", use_liger_kernel=train.use_liger_kernel,
     )
 
@@ -112,6 +114,27 @@ def history_rows(log_history: list[dict]) -> tuple[list[dict], list[dict]]:
              for h in log_history if "loss" in h]
     evals = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in log_history if "eval_loss" in h]
     return steps, evals
+
+
+def drop_events_after(folder: str | Path, step: int) -> int:
+    """Remove from the TensorBoard event files in `folder` every event after `step` (the checkpoint a run
+    resumes from): the resumed run logs those steps again, and a reader would show both. Each file is
+    rewritten whole, atomically; a record cut short by a kill is dropped. Returns how many were removed."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    removed = 0
+    for path in sorted(Path(folder).glob("events.out.tfevents.*")):
+        records = list(RawEventFileLoader(str(path)).Load())
+        kept = [record for record in records if Event.FromString(record).step <= step]
+        if len(kept) < len(records) or path.stat().st_size > sum(len(r) + 16 for r in records):
+            with atomic_file(path, "wb") as handle:
+                writer = RecordWriter(handle)
+                for record in kept:
+                    writer.write(record)
+            removed += len(records) - len(kept)
+    return removed
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:

@@ -7,6 +7,10 @@
 Builds BitsAndBytesConfig, LoraConfig and SFTConfig from params.yaml; resumes from the latest
 complete checkpoint of the same run (see kotune.checkpoints); writes the adapter (safetensors),
 tokenizer and resolved config, TensorBoard events at a stable path, metrics and per-step plot data.
+
+Stopping: SIGTERM or SIGINT (Ctrl-C) saves a checkpoint after the current step and exits with status
+128 + the signal's number (143, 130), as a shell reports a signal; the same command resumes from it.
+A second signal stops at once. Out of memory or a full disk exits with status 2 and says what to change.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import signal
 import time
 import warnings
 from pathlib import Path
 
 import yaml
 
+from kotune import preflight
 from kotune.atomic import atomic_dir, write_json
 from kotune.config import Params, load_params
 from kotune.errors import KotuneError
@@ -90,11 +96,12 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
         model, peft_config = load_base_model(params.model, params.quant, device), lora_config(params.lora)
     load_seconds = time.perf_counter() - started
     config = training.sft_config(params.train, device, Path(args.checkpoints), conversational, eval_set is not None)
+    events = SummaryWriter(log_dir=args.tensorboard)
     trainer = SFTTrainer(
         model=model, args=config, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
         peft_config=peft_config, callbacks=[
-            checkpoints.MarkComplete(fingerprint),
-            TensorBoardCallback(SummaryWriter(log_dir=args.tensorboard)),
+            checkpoints.MarkComplete(fingerprint, params.train.save_total_limit, flush=(events,)),
+            TensorBoardCallback(events),
         ],
     )
     # First, so its figures are in the log dict before the progress output and TensorBoard read it.
@@ -112,7 +119,7 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
 
 
 def start_or_resume(args, fingerprint: str) -> Path | None:
-    from kotune import checkpoints
+    from kotune import checkpoints, training
 
     resume = checkpoints.resumable_checkpoint(Path(args.checkpoints), fingerprint)
     if resume is None:
@@ -121,22 +128,51 @@ def start_or_resume(args, fingerprint: str) -> Path | None:
         log.info("starting from step 0")
     else:
         log.info("resuming from %s (same params, data and base model)", resume)
+        # Steps after the checkpoint were logged by the stopped run and will be logged again.
+        removed = training.drop_events_after(args.tensorboard, checkpoints.step_of(resume))
+        if removed:
+            log.info("removed %d TensorBoard events logged after that checkpoint", removed)
     return resume
 
 
 def run_training(trainer, resume: Path | None, params: Params):
-    import torch
+    from kotune import checkpoints
 
     try:
         return trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    except torch.OutOfMemoryError:
-        train = params.train
-        raise KotuneError(
-            f"CUDA out of memory at micro-batch {train.per_device_train_batch_size} x max_length "
-            f"{train.max_length}: lower train.per_device_train_batch_size (raise gradient_accumulation_steps to keep "
-            "the effective batch), lower train.max_length"
-            + ("" if train.gradient_checkpointing else ", or set train.gradient_checkpointing: true")
-        ) from None
+    except Exception as exc:
+        error = out_of_memory(exc, params) or checkpoints.checkpoint_disk_full(
+            exc, Path(trainer.args.output_dir), params.train.save_total_limit)
+        if error is None:
+            raise
+        raise error from None
+
+
+def out_of_memory(exc: Exception, params: Params) -> KotuneError | None:
+    import torch
+
+    cuda = isinstance(exc, torch.OutOfMemoryError)
+    # The CPU allocator raises a plain RuntimeError; Python's own allocations raise MemoryError.
+    if not (cuda or isinstance(exc, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(exc)):
+        return None
+    train = params.train
+    return KotuneError(
+        f"{'CUDA' if cuda else 'CPU (RAM)'} out of memory at micro-batch {train.per_device_train_batch_size} x "
+        f"max_length {train.max_length}: lower train.per_device_train_batch_size (raise gradient_accumulation_steps "
+        "to keep the effective batch), lower train.max_length"
+        + ("" if train.gradient_checkpointing else ", or set train.gradient_checkpointing: true")
+        + ("" if cuda else "; or train on a GPU (train.device: cuda)"))
+
+
+def stop_if_interrupted(trainer, stop, args) -> None:
+    """After SIGTERM/SIGINT: the checkpoint is saved; exit without the adapter, which needs every step."""
+    state = trainer.state
+    if stop.received is None or state.global_step >= state.max_steps:
+        return  # a signal during the last step: the run is complete, so it finishes
+    log.warning("stopped by %s at step %d of %d: saved %s/checkpoint-%d; run the same command (or `dvc repro "
+                "train`) to resume from it", signal.Signals(stop.received).name, state.global_step,
+                state.max_steps, args.checkpoints, state.global_step)
+    raise SystemExit(128 + stop.received)
 
 
 def save_adapter(trainer, tokenizer, params: Params, fingerprint: str, out: str) -> None:
@@ -177,23 +213,29 @@ def main(argv=None) -> None:
 
     args = parse_args(argv)
     params = load_params(args.params)
+    device = resolve_device(params.train.device)  # imports torch only: Unsloth may still come first
+    preflight.check_train(params, device)
     if params.train.backend == "unsloth":
         from kotune import unsloth_backend
 
         unsloth_backend.import_first()
     from transformers import set_seed
 
+    from kotune import checkpoints
+
     set_seed(params.train.seed)
     for name in TRACKED_SECTIONS:
         log_config(log, name, getattr(params, name))
-    device = resolve_device(params.train.device)
     log.info("device: %s", device)
     fingerprint = run_fingerprint(params, Path(args.data))
     resume = start_or_resume(args, fingerprint)
     data = load_data(Path(args.data))
     trainer, tokenizer, load_seconds = build_trainer(params, args, device, fingerprint, data)
     started = time.perf_counter()
-    result = run_training(trainer, resume, params)
+    with checkpoints.SaveOnSignal() as stop:
+        trainer.add_callback(stop)
+        result = run_training(trainer, resume, params)
+    stop_if_interrupted(trainer, stop, args)
     timings = {"load": load_seconds, "train": time.perf_counter() - started}
     save_adapter(trainer, tokenizer, params, fingerprint, args.adapter)
     write_results(trainer, result, args, device, timings, resume)
