@@ -2,6 +2,7 @@
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -16,8 +17,16 @@ pytestmark = pytest.mark.e2e
 STAGES = ("tiny_model", "fetch", "prepare", "train", "merge", "evaluate", "publish")
 
 
-def sh(cwd: Path, *args: str) -> str:
+# Set for the whole first run, as on a GPU runner: none of them may land in any file the pipeline writes.
+# Made at run time, so that no file (this one included, copied into the clone) holds them beforehand.
+SECRETS = {"HF_TOKEN": f"hf_{secrets.token_hex(16)}", "AWS_ACCESS_KEY_ID": f"AKIA{secrets.token_hex(8).upper()}",
+           "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30)}
+
+
+def sh(cwd: Path, *args: str, with_secrets: bool = False) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    if with_secrets:
+        env.update(SECRETS)
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
@@ -41,7 +50,7 @@ def clone(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def first_run(clone) -> str:
-    return sh(clone, "dvc", "repro")
+    return sh(clone, "dvc", "repro", "--verbose", with_secrets=True)
 
 
 def lock_outs(repo: Path) -> dict[str, str]:
@@ -67,6 +76,19 @@ def test_repro_runs_every_stage_and_writes_the_outputs(clone, first_run):
     assert evals["merged"]["eval_loss"] < evals["base"]["eval_loss"]  # the tuned model beats its base
     merged = json.loads((clone / "metrics" / "merge.json").read_text())
     assert merged["max_abs_logit_diff"] <= merged["tolerance"]
+
+
+def test_no_secret_in_any_file_the_run_wrote(clone, first_run):
+    """Outputs, logs, TensorBoard events, dvc.lock, the model card, reports, DVC's cache and git's objects."""
+    assert "Running stage 'publish'" in first_run and "kotune" in first_run  # the run happened, verbosely
+    files = [path for path in clone.rglob("*") if path.is_file()]
+    assert len(files) > 50 and any(".dvc/cache" in str(path) for path in files)
+    for path in files:
+        content = path.read_bytes()
+        for name, value in SECRETS.items():
+            assert value.encode() not in content, f"{name} written to {path.relative_to(clone)}"
+    for name, value in SECRETS.items():
+        assert value not in first_run, f"{name} in the console output"
 
 
 def test_second_repro_runs_nothing(clone, first_run):

@@ -1,6 +1,7 @@
 """Only safetensors load: a pickled weight file is refused, or ignored beside safetensors, never unpickled;
 trust_remote_code is off unless params turn it on, and then it warns."""
 
+import json
 import logging
 import pickle
 import shutil
@@ -57,7 +58,7 @@ def test_safetensors_win_over_a_planted_pickle(tmp_path, tiny_model_dir):
 def test_chat_refuses_pickled_folders(tmp_path, tiny_model_dir, name, is_adapter):
     folder = copy_without_safetensors(tiny_model_dir, tmp_path / "folder")
     if is_adapter:
-        (folder / "adapter_config.json").write_text('{"base_model_name_or_path": "%s"}' % tiny_model_dir)
+        (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_model_dir)}))
     marker = plant_pickle(folder, name)
     with pytest.raises(KotuneError, match="pickled"):
         chat.load(str(folder))

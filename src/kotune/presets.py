@@ -12,6 +12,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+from kotune.atomic import atomic_file
 from kotune.config import Params, load_params
 
 log = logging.getLogger("kotune.params")
@@ -47,7 +48,8 @@ def main(argv=None) -> None:
         candidate = Path(tmp) / "params.yaml"
         compose_to(candidate, args.overrides, args.conf)
         load_params(candidate)  # validate before replacing the user's params.yaml
-        Path(args.out).write_bytes(candidate.read_bytes())
+        with atomic_file(args.out, "wb") as out:  # a kill or a full disk never leaves half a params.yaml
+            out.write(candidate.read_bytes())
     log.info("wrote %s from %s with %s", args.out, args.conf, " ".join(args.overrides) or "the defaults")
     for group in GROUPS:
         log.info("  %s presets: %s", group, ", ".join(options(group, args.conf)))

@@ -18,7 +18,7 @@ from kotune import evaluation, mctasks, report, training
 from kotune.atomic import atomic_file, write_json
 from kotune.config import EvalSection, Params, load_params
 from kotune.logs import log_config
-from kotune.modeling import load_base_model, resolve_device
+from kotune.modeling import load_base_model, require_safetensors, resolve_device
 from kotune.provenance import provenance
 from kotune.stages import parse_stage_args
 
@@ -70,6 +70,8 @@ def run_models(params: Params, args, records: list[dict], results: dict) -> None
 
     device = resolve_device("auto")
     tokenizer = AutoTokenizer.from_pretrained(args.adapter)
+    require_safetensors(args.adapter, "adapter")
+    require_safetensors(args.merged, "merged model")
     tuned = PeftModel.from_pretrained(load_base_model(params.model, params.quant, device), args.adapter).eval()
     with tuned.disable_adapter():
         assess("base", tuned, tokenizer, records, params.eval, results, generate=True)
@@ -78,7 +80,8 @@ def run_models(params: Params, args, records: list[dict], results: dict) -> None
     gc.collect()
     torch.cuda.empty_cache() if device == "cuda" else None
     merged = AutoModelForCausalLM.from_pretrained(
-        args.merged, dtype=getattr(torch, params.merge.dtype), device_map={"": 0 if device == "cuda" else "cpu"})
+        args.merged, dtype=getattr(torch, params.merge.dtype), device_map={"": 0 if device == "cuda" else "cpu"},
+        use_safetensors=True)
     assess("merged", merged.eval(), tokenizer, records, params.eval, results, generate=True)
 
 

@@ -15,12 +15,12 @@ import logging
 import time
 from pathlib import Path
 
-from kotune import merging, training
+from kotune import merging, preflight, training
 from kotune.atomic import atomic_dir, write_json
 from kotune.config import load_params
 from kotune.errors import KotuneError
 from kotune.logs import log_config
-from kotune.modeling import resolve_device
+from kotune.modeling import require_safetensors, resolve_device
 from kotune.stages import parse_stage_args
 from kotune.template import render, stop_token_ids
 
@@ -61,9 +61,11 @@ def main(argv=None) -> None:
     params = load_params(args.params)
     log_config(log, "merge", params.merge)
     device = resolve_device("auto")
+    preflight.check_merge(params.merge, device)
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(args.adapter)  # the template and pad token training used
     base = merging.load_merge_base(params.model, params.quant, params.merge, device)
+    require_safetensors(args.adapter, "adapter")
     model = PeftModel.from_pretrained(base, args.adapter).eval()
     batches = merging.verification_batches(tokenizer, verification_texts(tokenizer, Path(args.data),
                                                                          params.merge.verify_examples))
