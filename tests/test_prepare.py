@@ -95,6 +95,26 @@ def test_outputs_are_byte_identical_across_runs(tmp_path, write_params):
             (second / name).read_text().replace(str(tmp_path / "b"), "")
 
 
+def test_outputs_are_byte_identical_across_processes(tmp_path, write_params):
+    """Separate interpreters with different hash seeds (set/dict order of strings differs between them)."""
+    import os
+    import subprocess
+    import sys
+
+    params, raw = write_params(), tmp_path / "raw"
+    raw.mkdir()
+    shutil.copyfile(SAMPLES / "messages.jsonl", raw / "messages.jsonl")
+    outputs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"out{seed}"
+        subprocess.run([sys.executable, "-m", "kotune", "prepare", "--params", str(params), "--raw", str(raw),
+                        "--out", str(out / "processed"), "--metrics", str(out / "data.json"),
+                        "--plot", str(out / "lengths.csv")],
+                       env={**os.environ, "PYTHONHASHSEED": seed}, check=True, capture_output=True)
+        outputs.append({p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
+    assert len(outputs[0]) == 5 and outputs[0] == outputs[1]
+
+
 def test_split_is_seeded(tmp_path, write_params):
     _, a = run(tmp_path / "a", write_params(data={"seed": 1}), SAMPLES / "alpaca.json")
     _, b = run(tmp_path / "b", write_params(data={"seed": 2}), SAMPLES / "alpaca.json")
