@@ -3,6 +3,7 @@
     kotune tiny-model|fetch|prepare|train|merge|evaluate|publish [--help]    the DVC stages
     kotune params [group=option ...]           compose params.yaml from conf/ presets
     kotune chat [MODEL_DIR] | generate MODEL_DIR --prompt ...   talk to the merged model or an adapter
+    kotune doctor | fit [--gpu-mem 24GiB]      will this run here, and will it fit, before a GPU hour is spent
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ COMMANDS = {
     "params": "kotune.presets",
     "chat": "kotune.chat:chat_main",
     "generate": "kotune.chat:generate_main",
+    "doctor": "kotune.doctor",
+    "fit": "kotune.fit",
 }
 
 
