@@ -14,7 +14,7 @@ import yaml
 from .conftest import ROOT
 
 pytestmark = pytest.mark.e2e
-STAGES = ("tiny_model", "fetch", "prepare", "train", "merge", "evaluate", "publish")
+STAGES = ("tiny_model", "fetch", "prepare", "train", "merge", "evaluate", "export", "publish")
 
 
 # Set for the whole first run, as on a GPU runner: none of them may land in any file the pipeline writes.

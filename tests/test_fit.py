@@ -170,3 +170,24 @@ def test_train_start_up_warns_before_loading_when_it_will_not_fit(presets, monke
     fit.warn_if_it_will_not_fit(presets["qlora-24gb"], "cuda")
     fit.warn_if_it_will_not_fit(presets["qlora-long-80gb"], "cpu")  # nothing to compare on the CPU
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_train_stage_runs_the_estimate_before_loading(tmp_path, tiny_model_dir, processed, monkeypatch):
+    from kotune.stages import train
+
+    from .conftest import DATA, FAST, params_file, stage_args
+
+    class Estimated(Exception):
+        pass
+
+    def estimated(params, device):
+        raise Estimated(device)
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model loaded before the memory estimate")
+
+    monkeypatch.setattr(train, "warn_if_it_will_not_fit", estimated)
+    monkeypatch.setattr(train, "load_base_model", loaded)
+    params = params_file(tmp_path / "params.yaml", tiny_model_dir, data=DATA, train=FAST)
+    with pytest.raises(Estimated):
+        train.main(stage_args(tmp_path, params, processed))

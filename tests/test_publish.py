@@ -1,4 +1,5 @@
-"""publish: the release folder and model card, the dry run, the push through a fake HfApi, the gate."""
+"""publish: the release folder and model card, the GGUF files and how to run them, the dry run, the push
+through a fake HfApi, the gate."""
 
 import json
 import shutil
@@ -27,12 +28,12 @@ def inputs(tmp_path, tiny_model_dir, trained):
     return tmp_path, merged, trained / "adapter"
 
 
-def run(inputs, tiny_model_dir, api_factory=None, **publish_values):
+def run(inputs, tiny_model_dir, api_factory=None, gguf=None, **publish_values):
     work, merged, adapter = inputs
     params = params_file(work / "params.yaml", tiny_model_dir, publish=publish_values)
     publish.main(["--params", str(params), "--merged", str(merged), "--adapter", str(adapter),
                   "--eval", str(work / "eval.json"), "--train-metrics", str(work / "train.json"),
-                  "--out", str(work / "publish")], api_factory=api_factory)
+                  "--gguf", str(gguf or work / "no-gguf"), "--out", str(work / "publish")], api_factory=api_factory)
     return work / "publish"
 
 
@@ -66,6 +67,39 @@ def test_dry_run_builds_the_release_and_card(inputs, tiny_model_dir, caplog):
     assert "value: 5.8" in card and "git_commit" in card and "lora_r: 16" in card
     assert "base_model:" not in card  # a local base is named in the text, not as a Hub id
     assert "dry run" in caplog.text
+    assert "GGUF" not in card and not list(folder.glob("*.gguf"))  # no export, no GGUF section
+
+
+@pytest.fixture
+def gguf_folder(inputs, tiny_model_dir):
+    """What the export stage writes with export.gguf: [f16, q8_0] (verification off: no llama.cpp here)."""
+    from kotune.stages import export
+
+    work, merged, _ = inputs
+    params = params_file(work / "export-params.yaml", tiny_model_dir,
+                         export={"gguf": ["f16", "q8_0"], "verify_examples": 0})
+    (work / "data").mkdir()
+    (work / "data" / "eval.jsonl").write_text("")
+    export.main(["--params", str(params), "--merged", str(merged), "--data", str(work / "data"),
+                 "--out", str(work / "gguf"), "--metrics", str(work / "export.json")])
+    return work / "gguf"
+
+
+def test_gguf_files_join_the_release_and_the_card_says_how_to_run_them(inputs, tiny_model_dir, gguf_folder,
+                                                                       monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    FakeApi.calls = []
+    folder = run(inputs, tiny_model_dir, FakeApi, gguf=gguf_folder, push=True, repo_id="someone/Tiny-Ko-Chat")
+    for name in ("kotune-model-f16.gguf", "kotune-model-q8_0.gguf", "Modelfile"):
+        assert (folder / name).read_bytes() == (gguf_folder / name).read_bytes()
+    uploaded = FakeApi.calls[-1][1]["files"]
+    assert "kotune-model-q8_0.gguf" in uploaded and "Modelfile" in uploaded
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("---\n") and "## Evaluation" in card  # the card, not the export's README
+    assert "## GGUF (llama.cpp, Ollama)" in card and "| `kotune-model-f16.gguf` | f16 |" in card
+    assert "llama-cli -m kotune-model-q8_0.gguf -cnv" in card
+    assert "FROM ./kotune-model-q8_0.gguf" in card and "{{ .Content }}<|eot_id|>" in card
+    assert 'PARAMETER stop "<|eot_id|>"' in card and "ollama create tiny-ko-chat -f Modelfile" in card
 
 
 def test_push_uses_the_api_and_never_writes_the_token(inputs, tiny_model_dir, monkeypatch):

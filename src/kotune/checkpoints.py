@@ -124,14 +124,16 @@ class MarkComplete(TrainerCallback):
     """After the Trainer has saved a checkpoint (on_save runs once saving is done): flush the logs, so they
     hold every step the checkpoint holds; write the marker; then delete the complete checkpoints beyond
     the newest `keep`. The Trainer itself deletes them before on_save, so a kill in between would leave
-    keep - 1 complete checkpoints (none with train.save_total_limit: 1); training.sft_config turns that off."""
+    keep - 1 complete checkpoints (none with train.save_total_limit: 1); training.sft_config turns that off.
+    With several processes, rank 0 does it all once every rank has written its part of the checkpoint."""
 
     def __init__(self, current: str, keep: int | None = None, flush: tuple = ()):
         self.current, self.keep, self.flush = current, keep, flush
 
     def on_save(self, args, state, control, **kwargs):
+        wait_for_every_process()  # each rank writes its part (RNG state, FSDP shards): all done before the marker
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if path.is_dir():
+        if is_first_process() and path.is_dir():
             for writer in self.flush:
                 writer.flush()
             write_json(path / MARKER, {"fingerprint": self.current, "step": state.global_step})
@@ -149,7 +151,8 @@ class MarkComplete(TrainerCallback):
 class SaveOnSignal(TrainerCallback):
     """SIGTERM (`docker stop`, Slurm, a preemption notice) or SIGINT (Ctrl-C) while training: finish the
     step, save a checkpoint and stop; `received` says which signal. A second signal acts at once, as if
-    this were not installed (the previous handlers are back). Install it with `with SaveOnSignal() as stop:`."""
+    this were not installed (the previous handlers are back). Install it with `with SaveOnSignal() as stop:`.
+    With several processes, every rank saves and stops at the same step: the first to end after any got it."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -176,6 +179,42 @@ class SaveOnSignal(TrainerCallback):
                     "once, without saving)", signal.Signals(signum).name)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.received is not None:
+        agreed = max_over_processes(self.received or 0)  # several processes: all stop at the same step
+        if agreed:
+            self.received = agreed
             control.should_save = control.should_training_stop = True
         return control
+
+
+def _process_group():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def is_first_process() -> bool:
+    """Rank 0, which writes what all processes share; the only process when training on one."""
+    dist = _process_group()
+    return dist is None or dist.get_rank() == 0
+
+
+def wait_for_every_process() -> None:
+    """A barrier when several processes train (kotune.distributed); nothing otherwise."""
+    dist = _process_group()
+    if dist is not None:
+        dist.barrier()
+
+
+def max_over_processes(value: int) -> int:
+    """The largest `value` of all processes. SaveOnSignal asks it after every step: a signal reaches the ranks
+    at different steps, and a rank that saved and stopped alone would leave the others waiting forever in
+    their next collective; so every rank stops at the same step, with the signal any of them got."""
+    dist = _process_group()
+    if dist is None:
+        return value
+    import torch
+
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([value], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())

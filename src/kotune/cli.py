@@ -1,6 +1,6 @@
 """`kotune <stage>`: a thin dispatcher; each stage module parses its own arguments.
 
-    kotune tiny-model|fetch|prepare|train|merge|evaluate|publish [--help]    the DVC stages
+    kotune tiny-model|fetch|prepare|train|merge|evaluate|export|publish [--help]    the DVC stages
     kotune params [group=option ...]           compose params.yaml from conf/ presets
     kotune chat [MODEL_DIR] | generate MODEL_DIR --prompt ...   talk to the merged model or an adapter
     kotune doctor | fit [--gpu-mem 24GiB]      will this run here, and will it fit, before a GPU hour is spent
@@ -22,6 +22,7 @@ COMMANDS = {
     "train": "kotune.stages.train",
     "merge": "kotune.stages.merge",
     "evaluate": "kotune.stages.evaluate",
+    "export": "kotune.stages.export",
     "publish": "kotune.stages.publish",
     "params": "kotune.presets",
     "chat": "kotune.chat:chat_main",

@@ -9,6 +9,7 @@ sections it needs:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -177,6 +178,13 @@ class TrainSection:
     # unsloth: load and wrap the model with Unsloth's fused QLoRA kernels and offloaded checkpointing (CUDA,
     # optional install: requirements-unsloth.txt); TRL's SFTTrainer, data, checkpoints and metrics stay the same
     backend: Literal["transformers", "unsloth"] = "transformers"
+    # > 1: `kotune train` runs itself under `accelerate launch`, one process per GPU (kotune.distributed);
+    # the batch per step is num_processes x per_device_train_batch_size x gradient_accumulation_steps
+    num_processes: int = 1
+    # ddp: a whole 4-bit copy on every GPU, gradients averaged (fastest while the model fits one GPU);
+    # fsdp-qlora: the 4-bit weights sharded across the GPUs (a model too big for one; needs
+    # quant.bnb_4bit_quant_storage = quant.bnb_4bit_compute_dtype = bfloat16). Launch settings: conf/accelerate/
+    distributed: Literal["ddp", "fsdp-qlora"] = "ddp"
     logging_steps: int = 5
     eval_steps: int = 20
     save_steps: int = 20
@@ -199,6 +207,17 @@ class TrainSection:
             raise ValueError("pad_to_multiple_of must be >= 1 or null")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError("max_steps must be -1 (use num_train_epochs) or > 0")
+        if self.num_processes < 1:
+            raise ValueError("num_processes must be >= 1")
+        if self.num_processes > 1 and self.backend == "unsloth":
+            raise ValueError("num_processes > 1 with backend unsloth: Unsloth's open-source build trains on one GPU; "
+                             "use backend transformers for several")
+        if self.distributed == "fsdp-qlora" and self.optim in ("adamw_8bit", "paged_adamw_8bit"):
+            raise ValueError(f"optim {self.optim} with distributed fsdp-qlora: saving a checkpoint fails with "
+                             "bitsandbytes' 8-bit optimizers under FSDP (PEFT's FSDP guide); use adamw_torch_fused")
+        if self.distributed == "fsdp-qlora" and self.compile_layers:
+            raise ValueError("compile_layers with distributed fsdp-qlora: torch.compile under FSDP needs "
+                             "use_orig_params, which FSDP-QLoRA turns off (conf/accelerate/fsdp-qlora.yaml)")
 
 
 @dataclass(frozen=True)
@@ -254,10 +273,34 @@ class PublishSection:
     tags: tuple[str, ...] = ("kotune", "qlora", "korean")
 
 
+# GGUF types (export.gguf): the gguf package writes f32, f16, bf16 and q8_0 itself; k-quants need llama.cpp's
+# quantizer (gguf.quants reads Q4_K/Q5_K/Q6_K but cannot write them): `llama-quantize` on PATH, or llama-cpp-python.
+GGUF_K_QUANTS = ("q4_k_m", "q5_k_m", "q6_k")
+GGUFType = Literal["f32", "f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"]
+
+
+@dataclass(frozen=True)
+class ExportSection:
+    """GGUF files of the merged model for llama.cpp and Ollama (Llama architecture, Llama 3 tokenizer)."""
+
+    gguf: tuple[GGUFType, ...] = ()  # empty: the stage writes no GGUF (fast default); e.g. [f16, q8_0]
+    name: str = "kotune-model"  # files: models/gguf/<name>-<type>.gguf
+    verify_examples: int = 4  # eval conversations llama.cpp must predict like the merged model (0: off)
+    min_top1_agreement: float = 0.95  # f32/f16/bf16 files: share of positions with the merged model's top-1
+
+    def __post_init__(self):
+        if len(set(self.gguf)) != len(self.gguf):
+            raise ValueError(f"gguf lists a type twice: {list(self.gguf)}")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
+            raise ValueError(f"name {self.name!r} must be a plain file-name stem (letters, digits, . _ -)")
+        if self.verify_examples < 0 or not 0 <= self.min_top1_agreement <= 1:
+            raise ValueError("need verify_examples >= 0 and 0 <= min_top1_agreement <= 1")
+
+
 SECTIONS = {
     "data": DataSection, "model": ModelSection, "tiny_model": TinyModelSection, "quant": QuantSection,
     "lora": LoraSection, "train": TrainSection, "merge": MergeSection, "eval": EvalSection,
-    "publish": PublishSection,
+    "export": ExportSection, "publish": PublishSection,
 }
 
 
@@ -271,6 +314,7 @@ class Params:
     train: TrainSection = field(default_factory=TrainSection)
     merge: MergeSection = field(default_factory=MergeSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    export: ExportSection = field(default_factory=ExportSection)
     publish: PublishSection = field(default_factory=PublishSection)
 
     def __post_init__(self):
@@ -289,6 +333,20 @@ class Params:
             if self.train.compile_layers:
                 raise ValueError("train.compile_layers with train.backend unsloth: Unsloth compiles its own "
                                  "kernels; turn one off")
+        if self.train.distributed == "fsdp-qlora" and self.quant.load_in_4bit:
+            check_fsdp_qlora(self.quant, self.model)
+
+
+def check_fsdp_qlora(quant: QuantSection, model: ModelSection) -> None:
+    """FSDP shards only floating-point tensors of one dtype: the packed 4-bit weights are stored as the compute
+    dtype (bnb_4bit_quant_storage) and the rest of the model is loaded in it, as PEFT's FSDP-QLoRA guide says."""
+    storage, compute = quant.bnb_4bit_quant_storage, quant.bnb_4bit_compute_dtype
+    if storage != compute:
+        raise ValueError(f"train.distributed fsdp-qlora needs quant.bnb_4bit_quant_storage ({storage}) equal to "
+                         f"quant.bnb_4bit_compute_dtype ({compute}): set both to bfloat16")
+    if model.torch_dtype not in ("auto", storage):
+        raise ValueError(f"train.distributed fsdp-qlora loads the model in quant.bnb_4bit_quant_storage ({storage}); "
+                         f"model.torch_dtype ({model.torch_dtype}) must be auto or the same")
 
 
 def params_from_dict(values: dict, origin: Origin | None = None) -> Params:

@@ -108,20 +108,25 @@ def bnb_config(quant: QuantSection, device: str):
     )
 
 
-def load_base_model(model: ModelSection, quant: QuantSection, device: str):
-    """The base model, 4-bit when quant.load_in_4bit, placed whole on `device`; logs load time and memory."""
+def load_base_model(model: ModelSection, quant: QuantSection, device: str, gpu: int = 0, sharded: bool = False):
+    """The base model, 4-bit when quant.load_in_4bit, placed whole on `device` (GPU `gpu`: a DDP rank's own);
+    logs load time and memory. `sharded` (FSDP-QLoRA): no device map, since FSDP places and shards it, and the
+    whole model in quant.bnb_4bit_quant_storage, one dtype for FSDP to shard (config.check_fsdp_qlora)."""
     from transformers import AutoModelForCausalLM
 
     check_attention(model, device)
     require_safetensors(model.name_or_path, "base model")
     warn_remote_code(model)
+    dtype = torch_dtype(model.torch_dtype, device)
+    if sharded and quant.load_in_4bit:
+        dtype = torch_dtype(quant.bnb_4bit_quant_storage, device)
     started = time.perf_counter()
     try:
         base = AutoModelForCausalLM.from_pretrained(
             model.name_or_path, revision=model.revision, trust_remote_code=model.trust_remote_code,
-            use_safetensors=True,
-            quantization_config=bnb_config(quant, device), dtype=torch_dtype(model.torch_dtype, device),
-            attn_implementation=model.attn_implementation, device_map={"": 0 if device == "cuda" else "cpu"},
+            use_safetensors=True, quantization_config=bnb_config(quant, device), dtype=dtype,
+            attn_implementation=model.attn_implementation,
+            device_map=None if sharded else {"": gpu if device == "cuda" else "cpu"},
         )
     except OSError as exc:
         if Path(model.name_or_path).exists():

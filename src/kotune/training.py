@@ -64,6 +64,8 @@ def sft_config(train: TrainSection, device: str, output_dir: Path, conversationa
         # the new one is complete (the Trainer would do it before, leaving a window with too few).
         save_strategy="steps", save_steps=train.save_steps, save_total_limit=None,
         include_num_input_tokens_seen="non_padding", report_to="none", use_liger_kernel=train.use_liger_kernel,
+        # Several processes (DDP): every LoRA weight gets a gradient each step, so DDP need not search for unused ones.
+        ddp_find_unused_parameters=False,
     )
 
 

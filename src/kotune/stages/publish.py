@@ -1,11 +1,12 @@
 """publish: the release folder with its model card, and (publish.push: true) the upload to the Hub.
 
     kotune publish --params params.yaml --merged models/merged --adapter models/adapter \
-        --eval metrics/eval.json --train-metrics metrics/train.json --out models/publish
+        --eval metrics/eval.json --train-metrics metrics/train.json --gguf models/gguf --out models/publish
 
 models/publish/ holds the merged model (hard links, not copies), the adapter under adapter/ when
-publish.include_adapter, and README.md: a model card built with huggingface_hub's ModelCard with the
-eval results, the resolved params and the provenance (git commit, dvc.lock hashes). The token comes
+publish.include_adapter, the export stage's GGUF files and Ollama Modelfile when it wrote any, and
+README.md: a model card built with huggingface_hub's ModelCard with the eval results, how to run the GGUF
+files, the resolved params and the provenance (git commit, dvc.lock hashes). The token comes
 from the environment (HF_TOKEN) or `hf auth login`, never from params, and is written nowhere.
 """
 
@@ -41,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         adapter="adapter",
         eval="metrics/eval.json",
         train_metrics="metrics/train.json",
+        gguf="the export stage's folder (models/gguf): its .gguf files and Modelfile join the release",
         out="the release folder (models/publish)",
     )
 
@@ -60,7 +62,48 @@ def hub_id_or_none(name: str) -> str | None:
         return None
 
 
-def model_card(params: Params, evals: dict, train_metrics: dict, origin: dict):
+def gguf_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.gguf")) if folder.is_dir() else []
+
+
+def gguf_section(folder: Path, model_id: str) -> str:
+    """How to run the GGUF files: llama.cpp's chat CLI, and Ollama with the export stage's Modelfile."""
+    files = gguf_files(folder)
+    if not files:
+        return ""
+    rows = "\n".join(f"| `{p.name}` | {p.stem.rsplit('-', 1)[-1]} | {p.stat().st_size / 2**20:.1f} MiB |"
+                     for p in files)
+    modelfile = (folder / "Modelfile").read_text(encoding="utf-8")
+    chosen = modelfile.splitlines()[0].removeprefix("FROM ./")
+    name = model_id.split("/")[-1].lower()
+    return f"""## GGUF (llama.cpp, Ollama)
+
+| file | type | size |
+|---|---|---|
+{rows}
+
+[llama.cpp](https://github.com/ggml-org/llama.cpp): chat in the terminal, with the chat template stored in the file:
+
+```sh
+hf download {model_id} {chosen} Modelfile --local-dir .
+llama-cli -m {chosen} -cnv
+```
+
+[Ollama](https://ollama.com): the `Modelfile` beside the files (the chat template in Ollama's syntax, the stop
+tokens):
+
+```
+{modelfile.strip()}
+```
+
+```sh
+ollama create {name} -f Modelfile
+ollama run {name} "운영체제가 뭐하는 거야?"
+```
+"""
+
+
+def model_card(params: Params, evals: dict, train_metrics: dict, origin: dict, gguf: Path):
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     name = params.publish.repo_id or "kotune-model"
@@ -75,6 +118,7 @@ def model_card(params: Params, evals: dict, train_metrics: dict, origin: dict):
         model_name=name, eval_results=results)
     return ModelCard.from_template(data, template_str=CARD_TEMPLATE, model_id=name, evals=_eval_table(evals),
                                    base=params.model.name_or_path, source=params.data.source,
+                                   gguf=gguf_section(gguf, name),
                                    train=json.dumps(train_metrics, indent=2), origin=_table(origin),
                                    params=yaml.safe_dump({s: to_dict(getattr(params, s)) for s in CARD_SECTIONS},
                                                          allow_unicode=True, sort_keys=False))
@@ -119,6 +163,7 @@ print(chat(messages, max_new_tokens=128)[0]["generated_text"][-1]["content"])
 The tokenizer carries the chat template used in training (Llama-3 format); generation stops at
 `<|eot_id|>` (see `generation_config.json`).
 
+{{ gguf }}
 ## Evaluation (held-out split of the training data)
 
 {{ evals }}
@@ -142,7 +187,7 @@ The tokenizer carries the chat template used in training (Llama-3 format); gener
 
 
 def build_release(args, params: Params, evals: dict, train_metrics: dict) -> None:
-    origin = provenance(("data/processed", "models/adapter", "models/merged"))
+    origin = provenance(("data/processed", "models/adapter", "models/merged", "models/gguf"))
     with atomic_dir(args.out) as tmp:
         for path in sorted(Path(args.merged).iterdir()):
             if path.is_file():
@@ -151,7 +196,10 @@ def build_release(args, params: Params, evals: dict, train_metrics: dict) -> Non
             for path in sorted(Path(args.adapter).iterdir()):
                 if path.is_file() and path.name != "README.md":
                     link_or_copy(path, tmp / "adapter" / path.name)
-        model_card(params, evals, train_metrics, origin).save(tmp / "README.md")
+        ggufs = gguf_files(Path(args.gguf))
+        for path in ggufs + ([Path(args.gguf) / "Modelfile"] if ggufs else []):
+            link_or_copy(path, tmp / path.name)  # at the top level, where the Hub looks for GGUF files
+        model_card(params, evals, train_metrics, origin, Path(args.gguf)).save(tmp / "README.md")
 
 
 def quality_gate(params: Params, evals: dict) -> str | None:

@@ -11,6 +11,9 @@ tokenizer and resolved config, TensorBoard events at a stable path, metrics and 
 Stopping: SIGTERM or SIGINT (Ctrl-C) saves a checkpoint after the current step and exits with status
 128 + the signal's number (143, 130), as a shell reports a signal; the same command resumes from it.
 A second signal stops at once. Out of memory or a full disk exits with status 2 and says what to change.
+
+Several GPUs (train.num_processes > 1): the same command runs itself under `accelerate launch` with DDP or
+FSDP-QLoRA (kotune.distributed); rank 0 writes every output above, once.
 """
 
 from __future__ import annotations
@@ -19,16 +22,18 @@ import argparse
 import logging
 import shutil
 import signal
+import sys
 import time
 import warnings
 from pathlib import Path
 
 import yaml
 
-from kotune import preflight
+from kotune import distributed, preflight
 from kotune.atomic import atomic_dir, write_json
 from kotune.config import Params, load_params
 from kotune.errors import KotuneError
+from kotune.fit import warn_if_it_will_not_fit
 from kotune.logs import log_config
 from kotune.modeling import load_base_model, load_tokenizer, lora_config, resolve_device
 from kotune.stages import parse_stage_args
@@ -93,15 +98,17 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
 
         model, peft_config = unsloth_backend.load_peft_model(params, device), None  # already LoRA-wrapped
     else:
-        model, peft_config = load_base_model(params.model, params.quant, device), lora_config(params.lora)
+        model = load_base_model(params.model, params.quant, device, distributed.local_rank(), distributed.fsdp())
+        peft_config = lora_config(params.lora)
     load_seconds = time.perf_counter() - started
     config = training.sft_config(params.train, device, Path(args.checkpoints), conversational, eval_set is not None)
-    events = SummaryWriter(log_dir=args.tensorboard)
+    # Rank 0 alone writes TensorBoard events: a writer creates its event file as it starts.
+    events = SummaryWriter(log_dir=args.tensorboard) if distributed.is_main() else None
     trainer = SFTTrainer(
         model=model, args=config, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
         peft_config=peft_config, callbacks=[
-            checkpoints.MarkComplete(fingerprint, params.train.save_total_limit, flush=(events,)),
-            TensorBoardCallback(events),
+            checkpoints.MarkComplete(fingerprint, params.train.save_total_limit, flush=(events,) if events else ()),
+            *([TensorBoardCallback(events)] if events else []),
         ],
     )
     # First, so its figures are in the log dict before the progress output and TensorBoard read it.
@@ -169,15 +176,22 @@ def stop_if_interrupted(trainer, stop, args) -> None:
     state = trainer.state
     if stop.received is None or state.global_step >= state.max_steps:
         return  # a signal during the last step: the run is complete, so it finishes
-    log.warning("stopped by %s at step %d of %d: saved %s/checkpoint-%d; run the same command (or `dvc repro "
-                "train`) to resume from it", signal.Signals(stop.received).name, state.global_step,
-                state.max_steps, args.checkpoints, state.global_step)
+    if distributed.is_main():
+        log.warning("stopped by %s at step %d of %d: saved %s/checkpoint-%d; run the same command (or `dvc repro "
+                    "train`) to resume from it", signal.Signals(stop.received).name, state.global_step,
+                    state.max_steps, args.checkpoints, state.global_step)
     raise SystemExit(128 + stop.received)
 
 
 def save_adapter(trainer, tokenizer, params: Params, fingerprint: str, out: str) -> None:
+    model, state_dict = trainer.model, None
+    if trainer.is_fsdp_enabled:  # every rank sends its shards; rank 0 gets the whole state dict, in CPU memory
+        state_dict = trainer.accelerator.get_state_dict(model)
+        model = model.module  # the PeftModel inside FSDP's wrapper; save_pretrained keeps the LoRA weights
+    if not trainer.is_world_process_zero():
+        return
     with atomic_dir(out) as tmp:
-        trainer.model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         resolved = {name: to_dict(getattr(params, name)) for name in TRACKED_SECTIONS}
         (tmp / "kotune_config.yaml").write_text(
@@ -189,6 +203,9 @@ def save_adapter(trainer, tokenizer, params: Params, fingerprint: str, out: str)
 def write_results(trainer, result, args, device: str, timings: dict, resume: Path | None) -> None:
     from kotune import checkpoints, training
 
+    peaks = distributed.gather(round(training.peak_memory_gib(device), 3))  # every rank's (a collective)
+    if not trainer.is_world_process_zero():
+        return
     steps, evals = training.history_rows(trainer.state.log_history)
     training.write_csv(Path(args.plots) / "steps.csv", steps,
                        ["step", "loss", "learning_rate", "grad_norm", "tokens_per_second", "window_tokens_per_second"])
@@ -200,10 +217,17 @@ def write_results(trainer, result, args, device: str, timings: dict, resume: Pat
         "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0, 3),
         "tokens": tokens, "tokens_per_second": round(tokens / max(timings["train"], 1e-9), 1),
         "steady_tokens_per_second": training.steady_tokens_per_second(steps),
-        "peak_memory_gib": round(training.peak_memory_gib(device), 3),
+        "peak_memory_gib": max(peaks), "processes": len(peaks),
         "model_load_seconds": round(timings["load"], 1), "wall_seconds": round(timings["train"], 1),
         "resumed_from_step": checkpoints.step_of(resume) if resume else 0,
     })
+
+
+def launch_processes(params: Params, argv: list[str]) -> None:
+    """train.num_processes > 1, run as a plain command: the same command, under `accelerate launch`."""
+    status = distributed.launch(params.train, argv)
+    if status:
+        raise SystemExit(status)
 
 
 def main(argv=None) -> None:
@@ -211,10 +235,15 @@ def main(argv=None) -> None:
     # transformers (5.17 on the GPU image) still need.
     warnings.filterwarnings("ignore", r".*gradient_checkpointing.* is deprecated", FutureWarning)
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     params = load_params(args.params)
     device = resolve_device(params.train.device)  # imports torch only: Unsloth may still come first
     preflight.check_train(params, device)
+    distributed.check(params.train, device)
+    if distributed.should_launch(params.train):
+        return launch_processes(params, argv)
+    distributed.start(device)
     if params.train.backend == "unsloth":
         from kotune import unsloth_backend
 
@@ -226,9 +255,10 @@ def main(argv=None) -> None:
     set_seed(params.train.seed)
     for name in TRACKED_SECTIONS:
         log_config(log, name, getattr(params, name))
-    log.info("device: %s", device)
+    log.info("device: %s; %d process(es)", device, distributed.world_size())
+    warn_if_it_will_not_fit(params, device)  # an estimate from config.json, before a GPU minute is spent
     fingerprint = run_fingerprint(params, Path(args.data))
-    resume = start_or_resume(args, fingerprint)
+    resume = distributed.on_main(start_or_resume, args, fingerprint)  # others wait: rank 0 deletes files
     data = load_data(Path(args.data))
     trainer, tokenizer, load_seconds = build_trainer(params, args, device, fingerprint, data)
     started = time.perf_counter()
