@@ -188,16 +188,30 @@ def save_adapter(trainer, tokenizer, params: Params, fingerprint: str, out: str)
     if trainer.is_fsdp_enabled:  # every rank sends its shards; rank 0 gets the whole state dict, in CPU memory
         state_dict = trainer.accelerator.get_state_dict(model)
         model = model.module  # the PeftModel inside FSDP's wrapper; save_pretrained keeps the LoRA weights
+        if trainer.is_world_process_zero():
+            lora = [name for name in state_dict if "lora_" in name]
+            log.info("FSDP state dict: %d tensors, %d LoRA (e.g. %s)", len(state_dict), len(lora), lora[:2])
     if not trainer.is_world_process_zero():
         return
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        check_adapter_saved(tmp)
         tokenizer.save_pretrained(tmp)
         resolved = {name: to_dict(getattr(params, name)) for name in TRACKED_SECTIONS}
         (tmp / "kotune_config.yaml").write_text(
             yaml.safe_dump({"fingerprint": fingerprint, **resolved}, allow_unicode=True, sort_keys=False),
             encoding="utf-8")
     log.info("saved the adapter, tokenizer and resolved config to %s", out)
+
+
+def check_adapter_saved(folder: Path) -> None:
+    """An adapter file without LoRA tensors loads and merges without a complaint, as the base model: refuse it."""
+    from safetensors import safe_open
+
+    with safe_open(folder / "adapter_model.safetensors", framework="pt") as saved:
+        if not any("lora_" in name for name in saved.keys()):
+            raise KotuneError(f"the adapter saved to {folder} holds no LoRA weights (a state-dict gathering "
+                              "problem); nothing was written in its place")
 
 
 def write_results(trainer, result, args, device: str, timings: dict, resume: Path | None) -> None:
