@@ -154,3 +154,33 @@ def test_two_processes_train_stop_and_resume_as_one(tmp_path, tiny_model_dir, pr
     assert csv_steps(tmp_path / "plots" / "steps.csv") == list(range(1, 17))
     assert complete_checkpoints(tmp_path) == [8, 12, 16]
     assert log.count("kotune.train: done: 16 steps") == 1  # the other rank logs warnings only
+
+
+def test_adapter_from_a_gathered_state_dict_loads_back_equal(tmp_path, tiny_model_dir):
+    """FSDP's path (stages.train.save_gathered_adapter) writes what PEFT's loader reads, tensor for tensor."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from kotune.stages.train import check_adapter_saved, save_gathered_adapter
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    state = model.state_dict()  # FSDP's full state dict has these clean names
+    save_gathered_adapter(model, state, tmp_path)
+    check_adapter_saved(tmp_path)
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path)
+    lora = {k: v for k, v in state.items() if "lora_" in k}
+    assert lora and all(torch.equal(loaded.state_dict()[k], v) for k, v in lora.items())
+
+
+def test_an_adapter_file_without_lora_tensors_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from kotune.errors import KotuneError
+    from kotune.stages.train import check_adapter_saved
+
+    save_file({}, tmp_path / "adapter_model.safetensors")
+    with pytest.raises(KotuneError, match="holds no LoRA weights"):
+        check_adapter_saved(tmp_path)

@@ -187,14 +187,14 @@ def save_adapter(trainer, tokenizer, params: Params, fingerprint: str, out: str)
     model, state_dict = trainer.model, None
     if trainer.is_fsdp_enabled:  # every rank sends its shards; rank 0 gets the whole state dict, in CPU memory
         state_dict = trainer.accelerator.get_state_dict(model)
-        model = model.module  # the PeftModel inside FSDP's wrapper; save_pretrained keeps the LoRA weights
-        if trainer.is_world_process_zero():
-            lora = [name for name in state_dict if "lora_" in name]
-            log.info("FSDP state dict: %d tensors, %d LoRA (e.g. %s)", len(state_dict), len(lora), lora[:2])
+        model = model.module  # the PeftModel inside FSDP's wrapper
     if not trainer.is_world_process_zero():
         return
     with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        if state_dict is None:
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            save_gathered_adapter(model, state_dict, tmp)
         check_adapter_saved(tmp)
         tokenizer.save_pretrained(tmp)
         resolved = {name: to_dict(getattr(params, name)) for name in TRACKED_SECTIONS}
@@ -202,6 +202,21 @@ def save_adapter(trainer, tokenizer, params: Params, fingerprint: str, out: str)
             yaml.safe_dump({"fingerprint": fingerprint, **resolved}, allow_unicode=True, sort_keys=False),
             encoding="utf-8")
     log.info("saved the adapter, tokenizer and resolved config to %s", out)
+
+
+def save_gathered_adapter(model, state_dict: dict, folder: Path) -> None:
+    """Write the adapter from FSDP's gathered state dict, in PEFT's layout (keys without the adapter name).
+    PEFT (0.21) picks adapter tensors by walking model.named_modules(), whose names carry FSDP's
+    `_fsdp_wrapped_module.` while the gathered keys do not, so `save_pretrained(state_dict=...)` finds none
+    and writes an empty file (seen on the H100). The rule here is PEFT's own on the clean names."""
+    from safetensors.torch import save_file
+
+    adapter = model.active_adapter
+    weights = {name.replace(f".{adapter}.", "."): tensor.detach().contiguous().clone()
+               for name, tensor in state_dict.items() if ".lora_" in name and f".{adapter}." in name}
+    log.info("gathered %d LoRA tensors from %d in FSDP's state dict", len(weights), len(state_dict))
+    save_file(weights, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+    model.peft_config[adapter].save_pretrained(folder)
 
 
 def check_adapter_saved(folder: Path) -> None:
