@@ -126,6 +126,8 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(tmp_path, tiny_model_
     train.main(stage_args(tmp_path, params, processed))
     metrics = json.loads((tmp_path / "train.json").read_text())
     assert metrics["resumed_from_step"] == killed_at and metrics["steps"] == 24
+    # over all 24 steps, not the resumed ones divided by 24 (the Trainer's figure after a resume)
+    assert metrics["final_loss"] <= metrics["mean_train_loss"] <= metrics["first_loss"]
 
 
 def test_mismatching_incomplete_and_finished_checkpoints_are_not_resumed(tmp_path, trained, caplog):

@@ -118,6 +118,17 @@ def history_rows(log_history: list[dict]) -> tuple[list[dict], list[dict]]:
     return steps, evals
 
 
+def mean_loss(steps: list[dict], fallback: float) -> float:
+    """Mean training loss over the whole run from the logged rows (each the mean of its window of steps).
+    The Trainer's own figure counts only the steps since a resume but divides by all of them."""
+    total, previous = 0.0, 0
+    for row in steps:
+        if row.get("loss") is None:
+            continue
+        total, previous = total + row["loss"] * (row["step"] - previous), row["step"]
+    return total / previous if previous else fallback
+
+
 def drop_events_after(folder: str | Path, step: int) -> int:
     """Remove from the TensorBoard event files in `folder` every event after `step` (the checkpoint a run
     resumes from): the resumed run logs those steps again, and a reader would show both. Each file is

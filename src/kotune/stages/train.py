@@ -242,7 +242,8 @@ def write_results(trainer, result, args, device: str, timings: dict, resume: Pat
     tokens = trainer.state.num_input_tokens_seen
     write_json(args.metrics, {
         "first_loss": steps[0]["loss"] if steps else None, "final_loss": steps[-1]["loss"] if steps else None,
-        "mean_train_loss": round(result.training_loss, 4), "eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "mean_train_loss": round(training.mean_loss(steps, result.training_loss), 4),
+        "eval_loss": evals[-1]["eval_loss"] if evals else None,
         "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0, 3),
         "tokens": tokens, "tokens_per_second": round(tokens / max(timings["train"], 1e-9), 1),
         "steady_tokens_per_second": training.steady_tokens_per_second(steps),
