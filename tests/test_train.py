@@ -39,6 +39,13 @@ def test_tensorboard_events_sit_at_the_stable_path(trained):
     assert list((trained / "tb").glob("events.out.tfevents.*")) and not list((trained / "tb").glob("*/"))
 
 
+def test_adapter_config_is_the_same_bytes_in_every_process(trained):
+    """target_modules sorted (PEFT writes its set in hash order), so a rerun gives the same DVC hash."""
+    text = (trained / "adapter" / "adapter_config.json").read_text()
+    modules = json.loads(text)["target_modules"]
+    assert modules == sorted(modules) and len(modules) == 7
+
+
 def test_outputs(trained):
     adapter = trained / "adapter"
     assert (adapter / "adapter_model.safetensors").exists() and not list(adapter.glob("*.bin"))

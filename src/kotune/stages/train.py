@@ -196,6 +196,7 @@ def save_adapter(trainer, tokenizer, params: Params, fingerprint: str, out: str)
         else:
             save_gathered_adapter(model, state_dict, tmp)
         check_adapter_saved(tmp)
+        sort_target_modules(tmp / "adapter_config.json")
         tokenizer.save_pretrained(tmp)
         resolved = {name: to_dict(getattr(params, name)) for name in TRACKED_SECTIONS}
         (tmp / "kotune_config.yaml").write_text(
@@ -217,6 +218,18 @@ def save_gathered_adapter(model, state_dict: dict, folder: Path) -> None:
     log.info("gathered %d LoRA tensors from %d in FSDP's state dict", len(weights), len(state_dict))
     save_file(weights, folder / "adapter_model.safetensors", metadata={"format": "pt"})
     model.peft_config[adapter].save_pretrained(folder)
+
+
+def sort_target_modules(config: Path) -> None:
+    """PEFT keeps target_modules as a set and writes it in hash order, which changes with each process's
+    PYTHONHASHSEED: the same training would give a different adapter folder hash, and DVC would rerun
+    every later stage. The order means nothing to PEFT (it reads a set back), so write it sorted."""
+    import json
+
+    values = json.loads(config.read_text(encoding="utf-8"))
+    if isinstance(values.get("target_modules"), list):
+        values["target_modules"] = sorted(values["target_modules"])
+        config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def check_adapter_saved(folder: Path) -> None:
