@@ -191,3 +191,11 @@ def test_train_stage_runs_the_estimate_before_loading(tmp_path, tiny_model_dir, 
     params = params_file(tmp_path / "params.yaml", tiny_model_dir, data=DATA, train=FAST)
     with pytest.raises(Estimated):
         train.main(stage_args(tmp_path, params, processed))
+
+
+def test_a_suggested_length_past_the_models_positions_says_so():
+    from kotune.model_shapes import tiny_shape
+
+    shape = tiny_shape(TinyModelSection())  # trained to 1,024 positions
+    _, lines = fit.verdict(shape, Workload(micro_batch=1, seq_len=512), fit.Gpu("test", 24 * GiB), "given")
+    assert "trained to 1,024 positions" in lines[-1]

@@ -179,7 +179,9 @@ def verdict(shape: ModelShape, w: Workload, gpu: Gpu, where: str) -> tuple[bool,
         f"  largest micro-batch at max_length {w.seq_len}: {batch or 'none (lower max_length)'}"
         + (" (raise gradient_accumulation_steps to keep the batch)" if batch and batch < w.micro_batch else ""),
         f"  largest max_length at micro-batch {w.micro_batch}: "
-        + (f"{length:,} (a multiple of {LENGTH_STEP})" if length else "none: the model alone does not fit"),
+        + (f"{length:,} (a multiple of {LENGTH_STEP})" if length else "none: the model alone does not fit")
+        + (f"; the model was trained to {shape.max_position_embeddings:,} positions (beyond needs RoPE scaling)"
+           if length and shape.max_position_embeddings and length > shape.max_position_embeddings else ""),
     ]
 
 

@@ -28,6 +28,7 @@ class ModelShape:
     num_key_value_heads: int
     head_dim: int
     tie_word_embeddings: bool = False
+    max_position_embeddings: int | None = None  # a hint for suggestions only: RoPE scaling can go beyond it
 
     def __post_init__(self):
         if min(self.vocab_size, self.hidden_size, self.intermediate_size, self.num_hidden_layers,
@@ -96,6 +97,7 @@ def shape_from_config(values: dict, where: str) -> ModelShape:
             num_attention_heads=heads, num_key_value_heads=values.get("num_key_value_heads") or heads,
             head_dim=values.get("head_dim") or values["hidden_size"] // heads,
             tie_word_embeddings=bool(values.get("tie_word_embeddings", False)),
+            max_position_embeddings=values.get("max_position_embeddings"),
         )
     except KeyError as exc:
         raise KotuneError(f"{where}: config.json has no {exc.args[0]}: not a decoder-only Llama-family "
@@ -114,7 +116,8 @@ def read_config(path: str | Path) -> ModelShape:
 def tiny_shape(tiny: TinyModelSection) -> ModelShape:
     """The embedded default, as the tiny_model stage builds it (its BPE vocabulary + 256 Llama-3 specials)."""
     return ModelShape(tiny.bpe_vocab_size + 256, tiny.hidden_size, tiny.intermediate_size, tiny.num_hidden_layers,
-                      tiny.num_attention_heads, tiny.num_key_value_heads, tiny.hidden_size // tiny.num_attention_heads)
+                      tiny.num_attention_heads, tiny.num_key_value_heads, tiny.hidden_size // tiny.num_attention_heads,
+                      max_position_embeddings=tiny.max_position_embeddings)
 
 
 def resolve_shape(model: ModelSection, tiny: TinyModelSection,
