@@ -149,6 +149,9 @@ class LoraSection:
             raise ValueError("target_modules must name at least one module")
 
 
+EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")  # bitsandbytes': CUDA only, not under FSDP
+
+
 @dataclass(frozen=True)
 class TrainSection:
     learning_rate: float = 2e-3  # the tiny default; 8B presets use 1e-4..2e-4
@@ -212,7 +215,7 @@ class TrainSection:
         if self.num_processes > 1 and self.backend == "unsloth":
             raise ValueError("num_processes > 1 with backend unsloth: Unsloth's open-source build trains on one GPU; "
                              "use backend transformers for several")
-        if self.distributed == "fsdp-qlora" and self.optim in ("adamw_8bit", "paged_adamw_8bit"):
+        if self.distributed == "fsdp-qlora" and self.optim in EIGHT_BIT_OPTIMIZERS:
             raise ValueError(f"optim {self.optim} with distributed fsdp-qlora: saving a checkpoint fails with "
                              "bitsandbytes' 8-bit optimizers under FSDP (PEFT's FSDP guide); use adamw_torch_fused")
         if self.distributed == "fsdp-qlora" and self.compile_layers:

@@ -16,7 +16,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from kotune.config import Params, load_params
+from kotune.config import EIGHT_BIT_OPTIMIZERS, Params, load_params
 from kotune.errors import KotuneError
 from kotune.fit import estimate, needed_bytes, workload_from_params
 from kotune.machine import Environment, canonical
@@ -112,7 +112,7 @@ def check_attention(params: Params, env: Environment) -> Check:
 
 
 def check_bitsandbytes(params: Params, env: Environment) -> Check:
-    needed = params.quant.load_in_4bit or params.train.optim in ("adamw_8bit", "paged_adamw_8bit")
+    needed = params.quant.load_in_4bit or params.train.optim in EIGHT_BIT_OPTIMIZERS
     on_gpu = device_of(params, env) == "cuda"
     if env.bitsandbytes is None:
         return Check("bitsandbytes", FAIL if needed else NONE, "does not import" + (

@@ -16,7 +16,7 @@ import logging
 import re
 from dataclasses import dataclass, replace
 
-from kotune.config import Params, load_params
+from kotune.config import EIGHT_BIT_OPTIMIZERS, Params, load_params
 from kotune.errors import KotuneError
 from kotune.memory import Estimate, GiB, Workload, estimate, lora_params
 from kotune.model_shapes import PROJECTIONS, ModelShape, resolve_shape
@@ -28,7 +28,6 @@ log = logging.getLogger("kotune.fit")
 # peak, in the four preset runs of bench/results/2026-11-24-fit-validation.md (H100, torch 2.11, CUDA 13).
 CUDA_CONTEXT = 0.75 * GiB
 ALLOCATOR_SLACK = 0.15
-EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
 LENGTH_STEP = 256  # suggested max_length values are multiples of this
 SEARCH_LIMITS = {"micro_batch": 4096, "seq_len": 2**20}
 UNITS = {"": GiB, "G": GiB, "GIB": GiB, "GB": 10**9, "M": 2**20, "MIB": 2**20, "MB": 10**6, "T": 2**40, "TIB": 2**40}

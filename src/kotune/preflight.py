@@ -7,10 +7,8 @@ misconfigured run costs seconds, not a model download or load.
 
 from __future__ import annotations
 
-from kotune.config import MergeSection, Params
+from kotune.config import EIGHT_BIT_OPTIMIZERS, MergeSection, Params
 from kotune.errors import KotuneError
-
-CUDA_ONLY_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")  # bitsandbytes' 8-bit optimizers
 
 
 def cpu_problems(params: Params) -> list[str]:
@@ -18,7 +16,7 @@ def cpu_problems(params: Params) -> list[str]:
     problems = []
     if train.mixed_precision in ("bf16", "fp16"):
         problems.append(f"train.mixed_precision {train.mixed_precision} needs CUDA; use auto or no on the CPU")
-    if train.optim in CUDA_ONLY_OPTIMIZERS:
+    if train.optim in EIGHT_BIT_OPTIMIZERS:
         problems.append(f"train.optim {train.optim} needs CUDA (bitsandbytes' 8-bit optimizers); use adamw_torch")
     if train.use_liger_kernel:
         problems.append("train.use_liger_kernel needs CUDA (Liger's kernels are Triton GPU kernels)")

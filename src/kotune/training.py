@@ -35,14 +35,10 @@ def sft_config(train: TrainSection, device: str, output_dir: Path, conversationa
     import torch
     from trl import SFTConfig
 
-    bf16 = fp16 = False
+    bf16 = fp16 = False  # what cannot run on the CPU was refused before loading (kotune.preflight)
     if device == "cuda" and train.mixed_precision != "no":
         bf16 = train.mixed_precision == "bf16" or (train.mixed_precision == "auto" and torch.cuda.is_bf16_supported())
         fp16 = not bf16
-    elif train.mixed_precision in ("bf16", "fp16"):
-        raise KotuneError(f"train.mixed_precision {train.mixed_precision} needs CUDA; use auto or no on the CPU")
-    if train.use_liger_kernel and device != "cuda":
-        raise KotuneError("train.use_liger_kernel needs CUDA (Liger's kernels are Triton GPU kernels)")
     # Unsloth has already wrapped the layers in its own (offloaded) checkpointing; transformers' would nest.
     checkpointing = train.gradient_checkpointing and train.backend == "transformers"
     warmup = train.warmup_steps if train.warmup_steps < 1 else int(train.warmup_steps)
