@@ -96,8 +96,7 @@ def decode(path: Path, raw: bytes, encoding: str) -> str:
         _refuse_mixed_encodings(path, raw)
     if used != "utf-8":
         log.info("%s: decoded as %s", path, used)
-    # A BOM is never content; decode_bytes drops it only when it chose utf-8-sig itself.
-    return text.removeprefix("\ufeff")
+    return text
 
 
 def _refuse_binary(path: Path, raw: bytes) -> None:

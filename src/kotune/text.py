@@ -16,10 +16,11 @@ _MASKED_NAME = re.compile(r"\*{1,}")
 
 
 def decode_bytes(raw: bytes, file: str | Path, encoding: str = "auto") -> tuple[str, str]:
-    """Decode a whole file; returns (text, encoding used). Raises naming the file and line on failure."""
+    """Decode a whole file; returns (text, encoding used). Raises naming the file and line on failure.
+    A leading byte-order mark is never content, whichever encoding was named."""
     if encoding != "auto":
         try:
-            return raw.decode(encoding), encoding
+            return raw.decode(encoding).removeprefix("\ufeff"), encoding
         except UnicodeDecodeError as exc:
             raise KotuneError(f"{file}:{_line_of(raw, exc.start)}: not valid {encoding}: {exc.reason}") from None
     if raw.startswith(b"\xef\xbb\xbf"):
