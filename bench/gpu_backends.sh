@@ -5,6 +5,10 @@
 #
 #   RUNS="tf-sdpa tf-varlen unsloth" PEERS=1 bash bench/gpu_backends.sh
 #
+# DATA=full trains on full-length rows instead (the issue's first goal, Unsloth's random-token shape):
+# raw Korean text cut into ~4,000-character records, each truncated to 2,048 tokens, no packing, so every
+# step is 2 x 2,048 real tokens under one causal mask per row.
+#
 # Writes kotune_<run>.json (the stage's metrics), steps_<run>.csv (per-step loss) and the peers' JSON
 # under $OUT, then table.md (bench/summarize.py: tokens/s, memory, MFU, loss against the first run).
 set -uo pipefail
@@ -22,13 +26,29 @@ python3 bench/llama8b.py --tokenizer /tmp/tok --out /tmp/l8b
 # micro-batch 2 x 2048, gradient checkpointing, AdamW 8-bit; KoAlpaca packed (no pad tokens).
 common=(model.name_or_path=/tmp/l8b model.pad_token='<|reserved_special_token_250|>' model.torch_dtype=bfloat16
         quant.bnb_4bit_compute_dtype=bfloat16 lora.lora_alpha=16 lora.lora_dropout=0.0 train.device=cuda
-        train.gradient_checkpointing=true train.optim=adamw_8bit train.max_length=2048 train.packing=true
+        train.gradient_checkpointing=true train.optim=adamw_8bit train.max_length=2048
         train.per_device_train_batch_size=2 train.learning_rate=2e-4 train.warmup_steps=0.1
         train.max_steps=${STEPS:-20} train.logging_steps=1 train.eval_steps=100000 train.save_steps=100000
         data.max_tokens=2048 data.eval_size=0.01 data.max_records=${RECORDS:-3000})
-python3 bench/set_params.py /tmp/base.yaml "${common[@]}"
-python3 -m kotune prepare --params /tmp/base.yaml --raw /tmp/raw --out /tmp/processed --metrics /tmp/d.json \
-  --plot /tmp/l.csv 2>&1 | grep kept
+if [ "${DATA:-koalpaca}" = full ]; then
+  common+=(train.packing=false)
+  python3 - <<'PY'
+import json
+from pathlib import Path
+rows = json.loads(Path("/tmp/raw/ko_alpaca_data.json").read_text())
+text = "\n\n".join(f"{r['instruction']}\n{r['input']}\n{r['output']}" for r in rows)
+folder = Path("/tmp/processed"); folder.mkdir(exist_ok=True)
+chunks = [text[i:i + 4000] for i in range(0, len(text) - 4000, 4000)]  # ~2,300 tokens each: cut to 2,048
+(folder / "train.jsonl").write_text("".join(json.dumps({"text": c}, ensure_ascii=False) + "\n" for c in chunks))
+(folder / "eval.jsonl").write_text("")
+print(f"{len(chunks)} full-length text records", flush=True)
+PY
+else
+  common+=(train.packing=true)
+  python3 bench/set_params.py /tmp/base.yaml "${common[@]}"
+  python3 -m kotune prepare --params /tmp/base.yaml --raw /tmp/raw --out /tmp/processed --metrics /tmp/d.json \
+    --plot /tmp/l.csv 2>&1 | grep kept
+fi
 
 declare -A LEVERS=(
   [tf-sdpa]=""
@@ -41,6 +61,7 @@ declare -A LEVERS=(
   [tf-varlen-fused-every2]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.checkpoint_every_n_layers=2"
   [tf-varlen-fused-compile]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true"
   [tf-varlen-fused-every2-compile]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.checkpoint_every_n_layers=2 train.compile_layers=true"
+  # under compile_layers Liger fuses only the LM head with the loss (kotune.training.liger_kernels)
   [tf-varlen-liger-fused-compile]="model.attn_implementation=varlen train.use_liger_kernel=true train.optim=adamw_torch_fused train.compile_layers=true"
   [tf-varlen-liger-fused-compile-offload]="model.attn_implementation=varlen train.use_liger_kernel=true train.optim=adamw_torch_fused train.compile_layers=true train.offload_activations=true"
   # conf/train/qlora-80gb.yaml's shape: one 4,096-token packed row, LoRA r64

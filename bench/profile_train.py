@@ -6,10 +6,13 @@ most time (METHOD.md: profile before optimizing). Writes nothing but the stage's
 """
 
 import os
+import time
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
+
+from profiling import report
 
 from kotune.config import load_params
 from kotune.modeling import resolve_device
@@ -27,15 +30,14 @@ class Profile(TrainerCallback):
             self.profiler = torch.profiler.profile(
                 activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
             self.profiler.__enter__()
+            self.started = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.profiler is not None and state.global_step == FIRST + 3:
             torch.cuda.synchronize()
+            wall = time.perf_counter() - self.started
             self.profiler.__exit__(None, None, None)
-            events = self.profiler.key_averages()
-            print(events.table(sort_by="self_cuda_time_total", row_limit=int(os.environ.get("ROWS", "30")),
-                               max_name_column_width=70), flush=True)
-            print(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=70), flush=True)
+            report(self.profiler, 3, wall)
             self.profiler = None
 
 

@@ -23,6 +23,8 @@ TRAIN_CASES = [
     ("8-bit AdamW on the CPU", {"train": {"optim": "adamw_8bit"}}, "train.optim adamw_8bit needs CUDA"),
     ("varlen attention on the CPU", {"model": {"attn_implementation": "varlen"}}, "varlen needs CUDA"),
     ("Liger on the CPU", {"train": {"use_liger_kernel": True}}, "train.use_liger_kernel needs CUDA"),
+    ("offloading on the CPU", {"train": {"gradient_checkpointing": True, "offload_activations": True}},
+     "train.offload_activations moves activations"),
 ]
 
 

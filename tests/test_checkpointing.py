@@ -1,4 +1,4 @@
-"""Selective and offloaded gradient checkpointing: the chosen layers, and the same gradients."""
+"""Selective and offloaded gradient checkpointing, Liger's kernel choice: the chosen layers, the same gradients."""
 
 import pytest
 import torch
@@ -24,34 +24,63 @@ def layers(model):
     return list(model.model.layers)
 
 
-def test_every_second_layer_is_recomputed_and_offloaded(tiny_model_dir):
+def test_every_second_layer_is_recomputed(tiny_model_dir):
     model = tiny(tiny_model_dir)
-    training.SelectiveCheckpointing(2, offload=True).on_train_begin(None, None, None, model=model)
+    training.SelectiveCheckpointing(2).on_train_begin(None, None, None, model=model)
     assert [layer.gradient_checkpointing for layer in layers(model)] == [True, False, True, False]
-    assert getattr(layers(model)[0]._gradient_checkpointing_func, "kotune_offloaded", False)
 
 
-def gradients(model, ids):
+def gradients(model, ids, context=None):
+    import contextlib
+
     model.zero_grad()
-    model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    with context or contextlib.nullcontext():
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def test_offloading_does_not_change_the_gradients(tiny_model_dir):
-    ids = torch.arange(1, 33).unsqueeze(0)
-    model = tiny(tiny_model_dir)
-    torch.manual_seed(0)
-    want = gradients(model, ids)
-    training.SelectiveCheckpointing(2, offload=True).on_train_begin(None, None, None, model=model)
-    got = gradients(model, ids)
+def assert_same(got, want, **tolerance):
     assert want.keys() == got.keys() and want
     for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got[name], want[name], **tolerance)
 
 
-def test_options_need_checkpointing_on():
-    with pytest.raises(ConfigError, match="set gradient_checkpointing: true"):
-        params_from_dict({"train": {"offload_activations": True}})
-    with pytest.raises(ConfigError, match="checkpoints \\(and offloads\\) every layer"):
-        params_from_dict({"train": {"backend": "unsloth", "gradient_checkpointing": True,
-                                    "checkpoint_every_n_layers": 2}})
+def test_checkpointing_every_second_layer_does_not_change_the_gradients(tiny_model_dir):
+    ids = torch.arange(1, 33).unsqueeze(0)
+    model = tiny(tiny_model_dir)
+    want = gradients(model, ids)
+    training.SelectiveCheckpointing(2).on_train_begin(None, None, None, model=model)
+    assert_same(gradients(model, ids), want, rtol=1e-5, atol=1e-6)
+
+
+def test_offloading_is_trl_s_and_only_on_request():
+    from kotune.config import TrainSection
+
+    on = TrainSection(gradient_checkpointing=True, offload_activations=True)
+    assert training.sft_config(on, "cuda", "/tmp/x", True, False).activation_offloading
+    assert not training.sft_config(TrainSection(), "cpu", "/tmp/x", True, False).activation_offloading
+
+
+def test_liger_fuses_only_the_loss_head_inside_compiled_layers():
+    from kotune.config import TrainSection
+
+    compiled = training.liger_kernels(TrainSection(compile_layers=True, use_liger_kernel=True))
+    assert compiled == {"rope": False, "swiglu": False, "rms_norm": False, "cross_entropy": False,
+                        "fused_linear_cross_entropy": True}
+    eager = training.liger_kernels(TrainSection(use_liger_kernel=True))
+    assert eager["rope"] and eager["swiglu"] and eager["rms_norm"] and eager["fused_linear_cross_entropy"]
+
+
+@pytest.mark.gpu
+def test_offloading_does_not_change_the_gradients(tiny_model_dir):
+    """TRL's streamed offloading of the checkpointed layers' inputs, on the GPU where it runs."""
+    from trl.models import get_act_offloading_ctx_manager
+
+    ids = torch.arange(1, 2049).unsqueeze(0).cuda() % 200 + 1
+    model = tiny(tiny_model_dir).cuda()
+    want = gradients(model, ids)
+    offloading = get_act_offloading_ctx_manager(model)
+    assert_same(gradients(model, ids, offloading), want, rtol=1e-5, atol=1e-6)
+    assert_same(gradients(model, ids, offloading), want, rtol=1e-5, atol=1e-6)  # a second step, same context
+
+

@@ -20,6 +20,9 @@ def cpu_problems(params: Params) -> list[str]:
         problems.append(f"train.optim {train.optim} needs CUDA (bitsandbytes' 8-bit optimizers); use adamw_torch")
     if train.use_liger_kernel:
         problems.append("train.use_liger_kernel needs CUDA (Liger's kernels are Triton GPU kernels)")
+    if train.offload_activations:
+        problems.append("train.offload_activations moves activations from GPU to CPU memory and needs CUDA; "
+                        "turn it off on the CPU")
     if model.attn_implementation == "varlen":
         problems.append("model.attn_implementation varlen needs CUDA (FlashAttention's kernel); use sdpa on the CPU")
     if train.backend == "unsloth":

@@ -60,9 +60,22 @@ def sft_config(train: TrainSection, device: str, output_dir: Path, conversationa
         # the new one is complete (the Trainer would do it before, leaving a window with too few).
         save_strategy="steps", save_steps=train.save_steps, save_total_limit=None,
         include_num_input_tokens_seen="non_padding", report_to="none", use_liger_kernel=train.use_liger_kernel,
+        liger_kernel_config=liger_kernels(train) if train.use_liger_kernel else None,
+        # TRL's offloading copies what autograd keeps for the backward pass (with checkpointing: each layer's
+        # input) to pinned CPU memory on a side stream, overlapped with the compute, and prefetches it back.
+        activation_offloading=train.offload_activations,
         # Several processes (DDP): every LoRA weight gets a gradient each step, so DDP need not search for unused ones.
         ddp_find_unused_parameters=False,
     )
+
+
+def liger_kernels(train: TrainSection) -> dict[str, bool]:
+    """Compiled decoder layers (train.compile_layers) already fuse RMSNorm, RoPE and SwiGLU, and Liger's
+    Triton kernels inside them would split the compiled graph: there Liger fuses only the LM head with the
+    loss (the logits are never materialized), which no compiler does for us."""
+    layer_kernels = not train.compile_layers
+    return {"rope": layer_kernels, "swiglu": layer_kernels, "rms_norm": layer_kernels, "cross_entropy": False,
+            "fused_linear_cross_entropy": True}
 
 
 def peak_memory_gib(device: str) -> float:
@@ -154,12 +167,12 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 
 class SelectiveCheckpointing(TrainerCallback):
-    """train.checkpoint_every_n_layers and train.offload_activations on top of the checkpointing the
-    Trainer switches on as training begins (transformers >= 5.23 has both as options; the GPU image's
-    5.17 does not, so kotune sets them per decoder layer itself, the same way)."""
+    """train.checkpoint_every_n_layers on top of the checkpointing the Trainer switches on as training begins
+    (transformers >= 5.23 has it as an option; the GPU image's 5.17 does not, so kotune sets it per decoder
+    layer itself, the same way)."""
 
-    def __init__(self, every_n_layers: int, offload: bool):
-        self.every_n_layers, self.offload = every_n_layers, offload
+    def __init__(self, every_n_layers: int):
+        self.every_n_layers = every_n_layers
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         from transformers.modeling_layers import GradientCheckpointingLayer
@@ -167,24 +180,4 @@ class SelectiveCheckpointing(TrainerCallback):
         layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
         for index, layer in enumerate(layers):
             layer.gradient_checkpointing = index % self.every_n_layers == 0
-            if self.offload and layer.gradient_checkpointing:
-                layer._gradient_checkpointing_func = offloaded(layer._gradient_checkpointing_func)
         return control
-
-
-def offloaded(checkpoint):
-    """Run a checkpointed layer with what autograd saves for it (the layer's inputs) in pinned CPU memory."""
-    import functools
-
-    import torch
-    from torch.autograd.graph import save_on_cpu
-
-    pin = torch.cuda.is_available()  # pinned pages make the copies back asynchronous; they need CUDA
-
-    @functools.wraps(checkpoint)
-    def run(function, *args, **kwargs):
-        with save_on_cpu(pin_memory=pin):
-            return checkpoint(function, *args, **kwargs)
-
-    run.kotune_offloaded = True
-    return run
