@@ -61,8 +61,8 @@ declare -A LEVERS=(
   [tf-varlen-fused-every2]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.checkpoint_every_n_layers=2"
   [tf-varlen-fused-compile]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true"
   [tf-varlen-fused-every2-compile]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.checkpoint_every_n_layers=2 train.compile_layers=true"
-  # under compile_layers Liger fuses only the LM head with the loss (kotune.training.liger_kernels)
   [tf-varlen-liger-fused-compile]="model.attn_implementation=varlen train.use_liger_kernel=true train.optim=adamw_torch_fused train.compile_layers=true"
+  [tf-varlen-fused-compile-offload]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true train.offload_activations=true"
   [tf-varlen-liger-fused-compile-offload]="model.attn_implementation=varlen train.use_liger_kernel=true train.optim=adamw_torch_fused train.compile_layers=true train.offload_activations=true"
   # conf/train/qlora-80gb.yaml's shape: one 4,096-token packed row, LoRA r64
   [preset-80gb-compile]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.checkpoint_every_n_layers=2 train.compile_layers=true train.per_device_train_batch_size=1 train.max_length=4096 lora.lora_r=64 lora.lora_alpha=128"

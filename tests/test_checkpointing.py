@@ -1,4 +1,4 @@
-"""Selective and offloaded gradient checkpointing, Liger's kernel choice: the chosen layers, the same gradients."""
+"""Selective and offloaded gradient checkpointing: the chosen layers, and the same gradients."""
 
 import pytest
 import torch
@@ -59,16 +59,6 @@ def test_offloading_is_trl_s_and_only_on_request():
     on = TrainSection(gradient_checkpointing=True, offload_activations=True)
     assert training.sft_config(on, "cuda", "/tmp/x", True, False).activation_offloading
     assert not training.sft_config(TrainSection(), "cpu", "/tmp/x", True, False).activation_offloading
-
-
-def test_liger_fuses_only_the_loss_head_inside_compiled_layers():
-    from kotune.config import TrainSection
-
-    compiled = training.liger_kernels(TrainSection(compile_layers=True, use_liger_kernel=True))
-    assert compiled == {"rope": False, "swiglu": False, "rms_norm": False, "cross_entropy": False,
-                        "fused_linear_cross_entropy": True}
-    eager = training.liger_kernels(TrainSection(use_liger_kernel=True))
-    assert eager["rope"] and eager["swiglu"] and eager["rms_norm"] and eager["fused_linear_cross_entropy"]
 
 
 @pytest.mark.gpu

@@ -177,7 +177,9 @@ class TrainSection:
     assistant_only_loss: bool = True  # false: loss on prompt tokens too
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"  # auto: bf16 on CUDA where supported, else fp32
     device: Literal["auto", "cuda", "cpu"] = "auto"  # cuda: fail rather than crawl along on the CPU
-    use_liger_kernel: bool = False  # Liger's fused Triton kernels (CUDA only): RMSNorm, SwiGLU, RoPE, linear+CE
+    # Liger's fused Triton kernels (CUDA only): RMSNorm, SwiGLU, RoPE. TRL's SFTTrainer fuses the LM head with
+    # the loss itself (no logits tensor), so Liger's fused linear cross-entropy is never used.
+    use_liger_kernel: bool = False
     # unsloth: load and wrap the model with Unsloth's fused QLoRA kernels and offloaded checkpointing (CUDA,
     # optional install: requirements-unsloth.txt); TRL's SFTTrainer, data, checkpoints and metrics stay the same
     backend: Literal["transformers", "unsloth"] = "transformers"

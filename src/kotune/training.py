@@ -60,22 +60,12 @@ def sft_config(train: TrainSection, device: str, output_dir: Path, conversationa
         # the new one is complete (the Trainer would do it before, leaving a window with too few).
         save_strategy="steps", save_steps=train.save_steps, save_total_limit=None,
         include_num_input_tokens_seen="non_padding", report_to="none", use_liger_kernel=train.use_liger_kernel,
-        liger_kernel_config=liger_kernels(train) if train.use_liger_kernel else None,
         # TRL's offloading copies what autograd keeps for the backward pass (with checkpointing: each layer's
         # input) to pinned CPU memory on a side stream, overlapped with the compute, and prefetches it back.
         activation_offloading=train.offload_activations,
         # Several processes (DDP): every LoRA weight gets a gradient each step, so DDP need not search for unused ones.
         ddp_find_unused_parameters=False,
     )
-
-
-def liger_kernels(train: TrainSection) -> dict[str, bool]:
-    """Compiled decoder layers (train.compile_layers) already fuse RMSNorm, RoPE and SwiGLU, and Liger's
-    Triton kernels inside them would split the compiled graph: there Liger fuses only the LM head with the
-    loss (the logits are never materialized), which no compiler does for us."""
-    layer_kernels = not train.compile_layers
-    return {"rope": layer_kernels, "swiglu": layer_kernels, "rms_norm": layer_kernels, "cross_entropy": False,
-            "fused_linear_cross_entropy": True}
 
 
 def peak_memory_gib(device: str) -> float:
