@@ -20,7 +20,7 @@ python3 -c "import torch, transformers, peft, trl, bitsandbytes, datasets; print
 if [ "${GPU_TESTS:-1}" = 1 ]; then
   python3 -m pytest -q -p no:cacheprovider -m gpu tests/ 2>&1 | tail -4 | tee "$OUT/gpu_tests.txt"
 fi
-python3 bench/llama8b.py --tokenizer /tmp/tok --out /tmp/l8b
+[ -d /tmp/l8b ] || python3 bench/llama8b.py --tokenizer /tmp/tok --out /tmp/l8b
 
 # The seed recipe's shape: nf4 + double quant, bf16 compute, LoRA r16/alpha16 on the 7 projections,
 # micro-batch 2 x 2048, gradient checkpointing, AdamW 8-bit; KoAlpaca packed (no pad tokens).
@@ -69,9 +69,12 @@ declare -A LEVERS=(
   [unsloth]="train.backend=unsloth"
   [unsloth-pad]="train.backend=unsloth train.pad_to_multiple_of=4096"
 )
-for name in ${RUNS:-tf-sdpa tf-varlen tf-varlen-liger unsloth}; do
+# TAG names the outputs of a second pass, e.g. TAG=-cppwrapper TORCHINDUCTOR_CPP_WRAPPER=1 bash bench/...
+for lever in ${RUNS:-tf-sdpa tf-varlen tf-varlen-liger unsloth}; do
+  name=$lever${TAG:-}
+  rm -rf "/tmp/c-$name" "/tmp/a-$name"  # a run of an earlier pass must not be resumed
   # shellcheck disable=SC2086
-  python3 bench/set_params.py "/tmp/$name.yaml" "${common[@]}" ${LEVERS[$name]}
+  python3 bench/set_params.py "/tmp/$name.yaml" "${common[@]}" ${LEVERS[$lever]}
   timeout "${RUN_TIMEOUT:-240}" python3 -m kotune train --params "/tmp/$name.yaml" --data /tmp/processed \
     --adapter "/tmp/a-$name" --checkpoints "/tmp/c-$name" --tensorboard "/tmp/tb-$name" \
     --metrics "$OUT/kotune_$name.json" --plots "/tmp/p-$name" > "$OUT/log_$name.txt" 2>&1
