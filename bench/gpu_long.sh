@@ -5,6 +5,7 @@
 #
 #   CTX="131072 262144" LEVER="train.backend=unsloth" bash bench/gpu_long.sh
 #
+# TAG names a second pass's outputs (kotune_long-<ctx><TAG>.json).
 # Writes kotune_long-<ctx>.json (the stage's metrics: steady tokens/s, peak memory) under $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/kotune-bench}
@@ -28,15 +29,17 @@ print(f"{len(chunks)} text records of 600k characters", flush=True)
 (folder / "eval.jsonl").write_text("")
 PY
 for ctx in ${CTX:-131072}; do
+  run=long-$ctx${TAG:-}
+  rm -rf "/tmp/c-$run" "/tmp/a-$run"
   # shellcheck disable=SC2086
-  python3 bench/set_params.py "/tmp/long-$ctx.yaml" model.name_or_path=/tmp/l8b \
+  python3 bench/set_params.py "/tmp/$run.yaml" model.name_or_path=/tmp/l8b \
     model.pad_token='<|reserved_special_token_250|>' model.torch_dtype=bfloat16 quant.bnb_4bit_compute_dtype=bfloat16 \
     lora.lora_alpha=16 lora.lora_dropout=0.0 train.device=cuda train.gradient_checkpointing=true \
     train.optim=adamw_8bit train.max_length="$ctx" data.max_tokens="$ctx" train.packing=false \
     train.per_device_train_batch_size=1 train.max_steps="${STEPS:-4}" train.logging_steps=1 \
     train.eval_steps=100000 train.save_steps=100000 ${LEVER:-}
-  timeout "${RUN_TIMEOUT:-300}" python3 -m kotune train --params "/tmp/long-$ctx.yaml" --data /tmp/long \
-    --adapter "/tmp/a-long-$ctx" --checkpoints "/tmp/c-long-$ctx" --tensorboard "/tmp/tb-long-$ctx" \
-    --metrics "$OUT/kotune_long-$ctx.json" --plots "/tmp/p-long-$ctx" > "$OUT/log_long-$ctx.txt" 2>&1
-  echo "long $ctx: exit $?"; grep -E "done:|Error|error|peak_memory" "$OUT/log_long-$ctx.txt" | tail -4 | cut -c1-300
+  timeout "${RUN_TIMEOUT:-300}" python3 -m kotune train --params "/tmp/$run.yaml" --data /tmp/long \
+    --adapter "/tmp/a-$run" --checkpoints "/tmp/c-$run" --tensorboard "/tmp/tb-$run" \
+    --metrics "$OUT/kotune_$run.json" --plots "/tmp/p-$run" > "$OUT/log_$run.txt" 2>&1
+  echo "$run: exit $?"; grep -E "done:|Error|error|peak_memory" "$OUT/log_$run.txt" | tail -4 | cut -c1-300
 done

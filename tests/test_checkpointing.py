@@ -1,9 +1,9 @@
-"""Selective and offloaded gradient checkpointing: the chosen layers, and the same gradients."""
+"""Selective and offloaded gradient checkpointing: the chosen layers, what is recomputed, the same gradients."""
 
 import pytest
 import torch
 
-from kotune import training
+from kotune import activation_checkpointing, training
 from kotune.config import ConfigError, params_from_dict
 
 pytestmark = pytest.mark.unit
@@ -26,7 +26,7 @@ def layers(model):
 
 def test_every_second_layer_is_recomputed(tiny_model_dir):
     model = tiny(tiny_model_dir)
-    training.SelectiveCheckpointing(2).on_train_begin(None, None, None, model=model)
+    activation_checkpointing.SelectiveCheckpointing(2).on_train_begin(None, None, None, model=model)
     assert [layer.gradient_checkpointing for layer in layers(model)] == [True, False, True, False]
 
 
@@ -49,7 +49,7 @@ def test_checkpointing_every_second_layer_does_not_change_the_gradients(tiny_mod
     ids = torch.arange(1, 33).unsqueeze(0)
     model = tiny(tiny_model_dir)
     want = gradients(model, ids)
-    training.SelectiveCheckpointing(2).on_train_begin(None, None, None, model=model)
+    activation_checkpointing.SelectiveCheckpointing(2).on_train_begin(None, None, None, model=model)
     assert_same(gradients(model, ids), want, rtol=1e-5, atol=1e-6)
 
 
@@ -59,6 +59,49 @@ def test_offloading_is_trl_s_and_only_on_request():
     on = TrainSection(gradient_checkpointing=True, offload_activations=True)
     assert training.sft_config(on, "cuda", "/tmp/x", True, False).activation_offloading
     assert not training.sft_config(TrainSection(), "cpu", "/tmp/x", True, False).activation_offloading
+
+
+class CountAttention(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += activation_checkpointing.is_attention(func)
+        return func(*args, **(kwargs or {}))
+
+
+def test_saved_attention_is_not_recomputed_and_gradients_stay(tiny_model_dir):
+    ids = torch.arange(1, 33).unsqueeze(0)
+    model = tiny(tiny_model_dir)
+    with CountAttention() as plain:
+        want = gradients(model, ids)
+    assert plain.calls == 8  # 4 layers: the forward pass and the recomputation
+    assert activation_checkpointing.apply(model, 1, 2) == [0, 1]
+    with CountAttention() as saving:
+        got = gradients(model, ids)
+    assert saving.calls == 6  # layers 0 and 1 kept their attention output
+    assert_same(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_saved_attention_inside_compiled_layers(tiny_model_dir):
+    from kotune.compiling import compile_decoder_layers
+
+    ids = torch.arange(1, 33).unsqueeze(0)
+    model = tiny(tiny_model_dir)
+    want = gradients(model, ids)
+    activation_checkpointing.apply(model, 2, 1)
+    compile_decoder_layers(model, "aot_eager")
+    assert_same(gradients(model, ids), want, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_ops_are_told_apart():
+    aten = torch.ops.aten
+    assert activation_checkpointing.is_attention(aten._scaled_dot_product_flash_attention_for_cpu.default)
+    assert activation_checkpointing.is_attention(aten._scaled_dot_product_cudnn_attention.default)
+    assert activation_checkpointing.is_attention(aten._flash_attention_forward.default)
+    assert not activation_checkpointing.is_attention(aten._scaled_dot_product_cudnn_attention_backward.default)
+    assert not activation_checkpointing.is_attention(aten.mm.default)
 
 
 @pytest.mark.gpu
@@ -74,3 +117,15 @@ def test_offloading_does_not_change_the_gradients(tiny_model_dir):
     assert_same(gradients(model, ids, offloading), want, rtol=1e-5, atol=1e-6)  # a second step, same context
 
 
+
+
+def test_options_need_checkpointing_on():
+    with pytest.raises(ConfigError, match="set gradient_checkpointing: true"):
+        params_from_dict({"train": {"offload_activations": True}})
+    with pytest.raises(ConfigError, match="set gradient_checkpointing: true"):
+        params_from_dict({"train": {"save_attention_layers": 2}})
+    with pytest.raises(ConfigError, match="checkpoints \\(and offloads\\) every layer"):
+        params_from_dict({"train": {"backend": "unsloth", "gradient_checkpointing": True,
+                                    "save_attention_layers": 2}})
+    with pytest.raises(ConfigError, match="save_attention_layers must be >= 0"):
+        params_from_dict({"train": {"gradient_checkpointing": True, "save_attention_layers": -1}})

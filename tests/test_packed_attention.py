@@ -160,15 +160,3 @@ def test_whole_rows_go_to_sdpa_not_the_varlen_kernel(cpu_kernel, monkeypatch, ti
         monkeypatch.setattr(packed_attention, "_causal_varlen", refuse)
         got = load(tiny_model_dir, packed_attention.NAME)(input_ids=ids, use_cache=False).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-
-
-def test_whole_rows_prefer_cudnn_on_hopper_only(monkeypatch):
-    from torch.nn.attention import SDPBackend
-
-    from kotune.packed_attention import _whole_row_backends
-
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    assert _whole_row_backends(torch.device("cuda", 0))[0] == SDPBackend.CUDNN_ATTENTION
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    assert _whole_row_backends(torch.device("cuda", 0))[0] == SDPBackend.FLASH_ATTENTION
-    assert _whole_row_backends(torch.device("cpu"))[-1] == SDPBackend.CUDNN_ATTENTION

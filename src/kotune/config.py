@@ -163,6 +163,9 @@ class TrainSection:
     gradient_checkpointing: bool = False  # true: less memory, ~20-30% slower (GPU presets turn it on)
     checkpoint_every_n_layers: int = 1  # 2: recompute every other decoder layer (faster, more memory)
     offload_activations: bool = False  # checkpointed layer inputs wait in pinned CPU memory (long context)
+    # keep the attention output of this many checkpointed layers instead of recomputing it: long context, where
+    # attention is most of the work; each costs tokens x hidden_size x 2 bytes (kotune.activation_checkpointing)
+    save_attention_layers: int = 0
     compile_layers: bool = False  # regional torch.compile of each decoder layer: fuses the small ops; compiles first
     # 8-bit ones need CUDA; adamw_torch_fused: one kernel for all LoRA tensors (fast; LoRA states are small)
     optim: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"] = "adamw_torch"
@@ -205,9 +208,12 @@ class TrainSection:
                 raise ValueError(f"{name} must be >= 1")
         if self.checkpoint_every_n_layers < 1:
             raise ValueError("checkpoint_every_n_layers must be >= 1")
-        if (self.offload_activations or self.checkpoint_every_n_layers > 1) and not self.gradient_checkpointing:
-            raise ValueError("offload_activations and checkpoint_every_n_layers apply to gradient checkpointing: "
-                             "set gradient_checkpointing: true")
+        if self.save_attention_layers < 0:
+            raise ValueError("save_attention_layers must be >= 0")
+        if (self.offload_activations or self.checkpoint_every_n_layers > 1 or self.save_attention_layers) \
+                and not self.gradient_checkpointing:
+            raise ValueError("offload_activations, checkpoint_every_n_layers and save_attention_layers apply to "
+                             "gradient checkpointing: set gradient_checkpointing: true")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise ValueError("pad_to_multiple_of must be >= 1 or null")
         if self.max_steps == 0 or self.max_steps < -1:
@@ -332,9 +338,9 @@ class Params:
                                  "kernels and both patch the same modules; turn one off")
             if self.lora.use_dora:
                 raise ValueError("lora.use_dora is not supported by train.backend unsloth")
-            if self.train.checkpoint_every_n_layers > 1:
-                raise ValueError("train.checkpoint_every_n_layers > 1 with train.backend unsloth: Unsloth "
-                                 "checkpoints (and offloads) every layer")
+            if self.train.checkpoint_every_n_layers > 1 or self.train.save_attention_layers:
+                raise ValueError("train.checkpoint_every_n_layers > 1 or save_attention_layers with train.backend "
+                                 "unsloth: Unsloth checkpoints (and offloads) every layer")
             if self.train.compile_layers:
                 raise ValueError("train.compile_layers with train.backend unsloth: Unsloth compiles its own "
                                  "kernels; turn one off")

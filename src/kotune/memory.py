@@ -71,6 +71,7 @@ class Workload:
     checkpointing: bool = True
     checkpoint_every_n_layers: int = 1
     offload_checkpoints: bool = False
+    saved_attention_layers: int = 0  # checkpointed layers that keep their attention output (selective checkpointing)
     layer_kernels: LayerKernels = "eager"
     attention: Attention = "flash"
     kv_repeated: bool = False  # key/value heads repeated to the query heads before the kernel
@@ -194,6 +195,9 @@ def estimate(shape: ModelShape, w: Workload) -> Estimate:
         "LoRA gradients (held for accumulation)": n_lora * w.lora_bytes if w.gradients_held else 0,
         "optimizer state": n_lora * w.optimizer_bytes,
         "checkpointed layer inputs" + (" (offloaded to CPU)" if w.offload_checkpoints else ""): held,
+        # the output (query heads x head dim) and its fp32 log-sum-exp per query head
+        "kept attention outputs": min(w.saved_attention_layers, checkpointed) * tokens
+        * (shape.q_size * w.activation_bytes + shape.num_attention_heads * 4),
         f"activations of {kept} layers kept whole": whole,
         "compile workspace": COMPILE_WORKSPACE if w.layer_kernels == "compiled" else 0,
     }

@@ -14,7 +14,6 @@ from __future__ import annotations
 import inspect
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 NAME = "varlen"
 
@@ -67,14 +66,6 @@ class _Boundaries:
         return self.value
 
 
-def _whole_row_backends(device: torch.device) -> list[SDPBackend]:
-    """cuDNN first on Hopper (compute capability 9.x) only: elsewhere it was not measured against FA2.
-    SDPA falls back along the list where a kernel cannot take the shape."""
-    fallback = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    hopper = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
-    return [SDPBackend.CUDNN_ATTENTION, *fallback] if hopper else [*fallback, SDPBackend.CUDNN_ATTENTION]
-
-
 _boundaries = _Boundaries()
 _causal_varlen = None
 
@@ -112,12 +103,11 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
             position_ids = torch.arange(seq, device=query.device).expand(batch, seq)
         cu, longest = _boundaries(position_ids, batch, seq)
     if cu.numel() - 1 == batch and longest == seq:
-        # One whole sequence per row (full rows, long-context documents): SDPA's causal kernel, cuDNN's first
-        # on Hopper, where it is 1.65x FlashAttention-2 at 131,072 tokens and 1.7x at 2 x 2,048
-        # (bench/attention_kernels.py, H100); SDPA's own order tries FlashAttention-2 first.
-        with sdpa_kernel(_whole_row_backends(query.device), set_priority=True):
-            out = torch.nn.functional.scaled_dot_product_attention(
-                query, key, value, is_causal=True, scale=scaling, enable_gqa=key.shape[1] != heads)
+        # One whole sequence per row (full rows, long-context documents): SDPA's causal kernel. On Hopper SDPA
+        # picks cuDNN's, 1.65x the FlashAttention-2 kernel varlen_attn runs at 131,072 tokens and 1.7x at
+        # 2 x 2,048 (bench/attention_kernels.py, H100; forcing cuDNN first changed nothing end to end).
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, is_causal=True, scale=scaling, enable_gqa=key.shape[1] != heads)
         return out.transpose(1, 2), None
     return _causal_varlen(q, k, v, cu, longest, scaling).view(batch, seq, heads, dim), None
 

@@ -154,20 +154,3 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
         writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-
-
-class SelectiveCheckpointing(TrainerCallback):
-    """train.checkpoint_every_n_layers on top of the checkpointing the Trainer switches on as training begins
-    (transformers >= 5.23 has it as an option; the GPU image's 5.17 does not, so kotune sets it per decoder
-    layer itself, the same way)."""
-
-    def __init__(self, every_n_layers: int):
-        self.every_n_layers = every_n_layers
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from transformers.modeling_layers import GradientCheckpointingLayer
-
-        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
-        for index, layer in enumerate(layers):
-            layer.gradient_checkpointing = index % self.every_n_layers == 0
-        return control

@@ -113,9 +113,11 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
     )
     # First, so its figures are in the log dict before the progress output and TensorBoard read it.
     trainer.callback_handler.callbacks.insert(0, training.StepStats(device))
-    every = params.train.checkpoint_every_n_layers
-    if params.train.backend == "transformers" and every > 1:
-        trainer.add_callback(training.SelectiveCheckpointing(every))
+    every, saving = params.train.checkpoint_every_n_layers, params.train.save_attention_layers
+    if params.train.backend == "transformers" and (every > 1 or saving):
+        from kotune.activation_checkpointing import SelectiveCheckpointing
+
+        trainer.add_callback(SelectiveCheckpointing(every, saving))
     if params.train.compile_layers:
         from kotune.compiling import CompileLayers
 
