@@ -127,5 +127,8 @@ def test_options_need_checkpointing_on():
     with pytest.raises(ConfigError, match="checkpoints \\(and offloads\\) every layer"):
         params_from_dict({"train": {"backend": "unsloth", "gradient_checkpointing": True,
                                     "save_attention_layers": 2}})
+    with pytest.raises(ConfigError, match="checkpoints \\(and offloads\\) every layer itself"):
+        params_from_dict({"train": {"backend": "unsloth", "gradient_checkpointing": True,
+                                    "offload_activations": True}})
     with pytest.raises(ConfigError, match="save_attention_layers must be >= 0"):
         params_from_dict({"train": {"gradient_checkpointing": True, "save_attention_layers": -1}})

@@ -338,9 +338,10 @@ class Params:
                                  "kernels and both patch the same modules; turn one off")
             if self.lora.use_dora:
                 raise ValueError("lora.use_dora is not supported by train.backend unsloth")
-            if self.train.checkpoint_every_n_layers > 1 or self.train.save_attention_layers:
-                raise ValueError("train.checkpoint_every_n_layers > 1 or save_attention_layers with train.backend "
-                                 "unsloth: Unsloth checkpoints (and offloads) every layer")
+            if self.train.checkpoint_every_n_layers > 1 or self.train.save_attention_layers \
+                    or self.train.offload_activations:
+                raise ValueError("train.checkpoint_every_n_layers > 1, save_attention_layers or offload_activations "
+                                 "with train.backend unsloth: Unsloth checkpoints (and offloads) every layer itself")
             if self.train.compile_layers:
                 raise ValueError("train.compile_layers with train.backend unsloth: Unsloth compiles its own "
                                  "kernels; turn one off")
