@@ -78,7 +78,7 @@ def measure(label: str, attend, batch: int, seq: int, flops: float, reference=No
             mine = [out, *torch.autograd.grad(out, (q, k, v), grad)]
             want = reference(q, k, v)
             theirs = [want, *torch.autograd.grad(want, (q, k, v), grad)]
-            error = max((a.float() - b.float()).abs().max().item() for a, b in zip(mine, theirs))
+            error = max((a.float() - b.float()).abs().max().item() for a, b in zip(mine, theirs, strict=True))
         forward = timed(lambda: attend(q, k, v), repeats)
         both = timed(lambda: attend(q, k, v).backward(grad), repeats)
     except Exception as problem:  # a backend refusing the shape is a result, not a crash
@@ -117,7 +117,8 @@ def main() -> None:
                           ("cudnn ragged, repeated k/v, 40 packed examples", cudnn_varlen(cu, max(lengths), False))]:
         rows.append(measure(label, attend, 1, 4096, causal_flops(lengths), None if attend is packed else packed))
         print(json.dumps(rows[-1]), flush=True)
-    print("\n| kernel | batch x seq | forward ms | forward + backward ms | forward TFLOP/s | max diff vs first (out, grads) |")
+    print("\n| kernel | batch x seq | forward ms | forward + backward ms | forward TFLOP/s "
+          "| max diff vs first (out, grads) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:

@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
-
 from profiling import report
+from transformers import TrainerCallback
 
 from kotune.config import load_params
 from kotune.modeling import resolve_device

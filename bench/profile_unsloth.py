@@ -17,8 +17,8 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 def main() -> None:
-    from unsloth import FastLanguageModel  # first: it patches transformers and PEFT as it is imported
     import bitsandbytes as bnb
+    from unsloth import FastLanguageModel  # first: it patches transformers and PEFT as it is imported
 
     model, _ = FastLanguageModel.from_pretrained(sys.argv[1], max_seq_length=8192, load_in_4bit=True,
                                                  dtype=torch.bfloat16)
