@@ -89,14 +89,22 @@ ROWS = [
     Row("131,072 tokens, qlora-long-80gb levers + compile", 29.41, LONG,
         (*LONG_LEVERS, *length(131072), "train.compile_layers=true"), acceptance=True),
     Row("262,144 tokens, no compile", 57.7, LONG, (*LONG_LEVERS, *length(262144))),
+    # third session: offload_activations is TRL's streamed offloading (the rows above used save_on_cpu)
+    Row("131,072 tokens, long levers + compile, TRL offloading", 30.33, LONG,
+        (*LONG_LEVERS, *length(131072), "train.compile_layers=true")),
+    Row("  + save_attention_layers 7 (qlora-long-80gb's levers now)", 37.44, LONG,
+        (*LONG_LEVERS, *length(131072), "train.compile_layers=true", "train.save_attention_layers=7"),
+        acceptance=True),
     Row("train.backend unsloth, bs 2 x 2048 packed", 6.82, ISSUE6, (*PACKED, "train.backend=unsloth")),
     # conf/train presets as shipped (LoRA dropout 0.05, gradient accumulation), Llama-3-8B shape.
     Row("qlora-24gb preset", 7.984, FIT, ("model=llama-3-8b", "train=qlora-24gb"), acceptance=True),
     Row("qlora-80gb preset", 21.325, FIT, ("model=llama-3-8b", "train=qlora-80gb"), acceptance=True),
     Row("qlora-80gb preset, compile_layers false", 23.341, FIT,
         ("model=llama-3-8b", "train=qlora-80gb", "train.compile_layers=false")),
+    # measured before the preset kept attention outputs and before offloading was TRL's
     Row("qlora-long-80gb preset, gradient_accumulation_steps 1", 40.638, FIT,
-        ("model=llama-3-8b", "train=qlora-long-80gb", "train.gradient_accumulation_steps=1"), acceptance=True),
+        ("model=llama-3-8b", "train=qlora-long-80gb", "train.gradient_accumulation_steps=1",
+         "train.save_attention_layers=0"), acceptance=True),
 ]
 
 
