@@ -160,3 +160,44 @@ def test_whole_rows_go_to_sdpa_not_the_varlen_kernel(cpu_kernel, monkeypatch, ti
         monkeypatch.setattr(packed_attention, "_causal_varlen", refuse)
         got = load(tiny_model_dir, packed_attention.NAME)(input_ids=ids, use_cache=False).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_marked_whole_rows_skip_the_host_side_path(cpu_kernel, monkeypatch, tiny_model_dir, tiny_tokenizer):
+    """mark_whole_rows decides once per forward; every layer then calls SDPA directly, never the
+    graph-breaking path; packed rows and padded batches still take it."""
+    calls = []
+    original = packed_attention._packed_or_padded
+    monkeypatch.setattr(packed_attention, "_packed_or_padded", lambda *a, **k: calls.append(1) or original(*a, **k))
+    ids = examples(tiny_tokenizer)
+    model = load(tiny_model_dir, packed_attention.NAME)
+    want = load(tiny_model_dir, "sdpa")
+    packed_attention.mark_whole_rows(model)
+    rows = torch.tensor([ids[2], ids[2][::-1]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=rows, use_cache=False).logits,
+                                   want(input_ids=rows, use_cache=False).logits, atol=1e-5, rtol=1e-5)
+        assert calls == []
+        packed = torch.tensor([sum(ids, [])])
+        positions = torch.tensor([sum((list(range(len(x))) for x in ids), [])])
+        model(input_ids=packed, position_ids=positions, use_cache=False)
+    assert len(calls) == model.config.num_hidden_layers  # restarts: the varlen path, layer by layer
+
+
+def test_compiled_layers_are_one_graph_for_whole_rows(tiny_model_dir, tiny_tokenizer):
+    from kotune.compiling import compile_decoder_layers
+
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    packed_attention.register()
+    torch._dynamo.reset()
+    model = load(tiny_model_dir, packed_attention.NAME)
+    packed_attention.mark_whole_rows(model)
+    compile_decoder_layers(model, counting)
+    with torch.no_grad():
+        model(input_ids=torch.tensor([examples(tiny_tokenizer)[2]]), use_cache=False)
+    torch._dynamo.reset()
+    assert len(graphs) == 1  # one graph shared by the layers: no break around the attention call
