@@ -70,39 +70,19 @@ _boundaries = _Boundaries()
 _causal_varlen = None
 
 
-WHOLE_ROWS = "kotune_whole_rows"  # the flag mark_whole_rows passes down to every attention call
-
-
-def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
-                             scaling: float | None = None, **kwargs):
-    """transformers' attention interface: query (batch, heads, seq, dim), key/value (batch, kv_heads, seq,
-    dim); returns (batch, seq, heads, dim) and no weights."""
-    if dropout:
-        raise ValueError("the varlen attention implementation has no attention dropout")
-    if kwargs.get(WHOLE_ROWS) and attention_mask is None:
-        # Decided once per forward pass, before the decoder layers: no host work here, so compiled layers
-        # (train.compile_layers) trace straight through this call, one graph per layer instead of two.
-        return _whole_rows(query, key, value, scaling)
-    return _packed_or_padded(query, key, value, attention_mask, scaling, **kwargs)
-
-
-def _whole_rows(query, key, value, scaling):
-    """One whole sequence per row (full rows, long-context documents): SDPA's causal kernel. On Hopper SDPA
-    picks cuDNN's, 1.65x the FlashAttention-2 kernel varlen_attn runs at 131,072 tokens and 1.7x at
-    2 x 2,048 (bench/attention_kernels.py, H100; forcing cuDNN first changed nothing end to end)."""
-    out = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, is_causal=True, scale=scaling, enable_gqa=key.shape[1] != query.shape[1])
-    return out.transpose(1, 2), None
-
-
 # Opaque to torch.compile (train.compile_layers): the boundaries cache and the host-side lengths are
 # Python work that would only break the graph inside; the layer compiles around this call.
 @torch.compiler.disable
-def _packed_or_padded(query, key, value, attention_mask, scaling, position_ids=None, cu_seq_lens_q=None,
-                      max_length_q=None, **kwargs):
+def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+                             scaling: float | None = None, position_ids=None, cu_seq_lens_q=None,
+                             max_length_q=None, **kwargs):
+    """transformers' attention interface: query (batch, heads, seq, dim), key/value (batch, kv_heads, seq,
+    dim); returns (batch, seq, heads, dim) and no weights."""
     global _causal_varlen
     if _causal_varlen is None:
         _causal_varlen = _kernel()
+    if dropout:
+        raise ValueError("the varlen attention implementation has no attention dropout")
     batch, heads, seq, dim = query.shape
     q, k, v = (t.transpose(1, 2).reshape(batch * seq, t.shape[1], dim) for t in (query, key, value))
     if attention_mask is not None:
@@ -123,29 +103,13 @@ def _packed_or_padded(query, key, value, attention_mask, scaling, position_ids=N
             position_ids = torch.arange(seq, device=query.device).expand(batch, seq)
         cu, longest = _boundaries(position_ids, batch, seq)
     if cu.numel() - 1 == batch and longest == seq:
-        return _whole_rows(query, key, value, scaling)
+        # One whole sequence per row (full rows, long-context documents): SDPA's causal kernel. On Hopper SDPA
+        # picks cuDNN's, 1.65x the FlashAttention-2 kernel varlen_attn runs at 131,072 tokens and 1.7x at
+        # 2 x 2,048 (bench/attention_kernels.py, H100; forcing cuDNN first changed nothing end to end).
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, is_causal=True, scale=scaling, enable_gqa=key.shape[1] != heads)
+        return out.transpose(1, 2), None
     return _causal_varlen(q, k, v, cu, longest, scaling).view(batch, seq, heads, dim), None
-
-
-def _mark_whole_rows(module, args, kwargs):
-    """Forward pre-hook of the decoder stack: when every row of the batch is one sequence (no packing
-    restarts), tell the attention calls so, once, instead of each layer finding out behind a graph break."""
-    if kwargs.get("cu_seq_lens_q") is not None:
-        return None  # packed by the collator
-    ids = kwargs.get("input_ids")
-    embeds = kwargs.get("inputs_embeds")
-    batch, seq = (ids if ids is not None else embeds).shape[:2]
-    position_ids = kwargs.get("position_ids")
-    if position_ids is not None:
-        cu, longest = _boundaries(position_ids, batch, seq)
-        if cu.numel() - 1 != batch or longest != seq:
-            return None
-    return args, {**kwargs, WHOLE_ROWS: True}
-
-
-def mark_whole_rows(model) -> None:
-    """Install the whole-row check on `model`'s decoder stack (the module that runs the decoder layers)."""
-    model.get_decoder().register_forward_pre_hook(_mark_whole_rows, with_kwargs=True)
 
 
 def register() -> None:

@@ -100,10 +100,6 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
     else:
         model = load_base_model(params.model, params.quant, device, distributed.local_rank(), distributed.fsdp())
         peft_config = lora_config(params.lora)
-        if params.model.attn_implementation == "varlen":
-            from kotune.packed_attention import mark_whole_rows
-
-            mark_whole_rows(model)
     load_seconds = time.perf_counter() - started
     config = training.sft_config(params.train, device, Path(args.checkpoints), conversational, eval_set is not None)
     # Rank 0 alone writes TensorBoard events: a writer creates its event file as it starts.
