@@ -8,6 +8,10 @@ forward pass instead of recomputed (selective activation checkpointing, PyTorch'
 (tokens x hidden x 2 bytes: 1 GiB per layer at 128k), so k trades that much memory for skipping k
 attention forwards in the recomputation.
 
+The policy sees the attention op because kotune's attention function is opaque to torch.compile
+(kotune.packed_attention): with attention traced into the compiled layer, the kept outputs went unused
+and the speed fell back to k = 0 (bench/results/2026-11-24-h100-issue6.md, call 14).
+
 transformers >= 5.23 has `every_n_layers` as an option; the GPU image's 5.17 does not, so kotune sets
 both per decoder layer as training begins, the way transformers would.
 """
