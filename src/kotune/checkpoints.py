@@ -26,6 +26,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from kotune import distributed
 from kotune.atomic import DiskFullError, disk_full, disk_full_error, write_json
 
 log = logging.getLogger(__name__)
@@ -131,9 +132,9 @@ class MarkComplete(TrainerCallback):
         self.current, self.keep, self.flush = current, keep, flush
 
     def on_save(self, args, state, control, **kwargs):
-        wait_for_every_process()  # each rank writes its part (RNG state, FSDP shards): all done before the marker
+        distributed.barrier()  # each rank writes its part (RNG state, FSDP shards): all done before the marker
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if is_first_process() and path.is_dir():
+        if distributed.is_main() and path.is_dir():
             for writer in self.flush:
                 writer.flush()
             write_json(path / MARKER, {"fingerprint": self.current, "step": state.global_step})
@@ -179,42 +180,8 @@ class SaveOnSignal(TrainerCallback):
                     "once, without saving)", signal.Signals(signum).name)
 
     def on_step_end(self, args, state, control, **kwargs):
-        agreed = max_over_processes(self.received or 0)  # several processes: all stop at the same step
+        agreed = distributed.max_over_processes(self.received or 0)  # several processes: all stop at the same step
         if agreed:
             self.received = agreed
             control.should_save = control.should_training_stop = True
         return control
-
-
-def _process_group():
-    import torch.distributed as dist
-
-    return dist if dist.is_available() and dist.is_initialized() else None
-
-
-def is_first_process() -> bool:
-    """Rank 0, which writes what all processes share; the only process when training on one."""
-    dist = _process_group()
-    return dist is None or dist.get_rank() == 0
-
-
-def wait_for_every_process() -> None:
-    """A barrier when several processes train (kotune.distributed); nothing otherwise."""
-    dist = _process_group()
-    if dist is not None:
-        dist.barrier()
-
-
-def max_over_processes(value: int) -> int:
-    """The largest `value` of all processes. SaveOnSignal asks it after every step: a signal reaches the ranks
-    at different steps, and a rank that saved and stopped alone would leave the others waiting forever in
-    their next collective; so every rank stops at the same step, with the signal any of them got."""
-    dist = _process_group()
-    if dist is None:
-        return value
-    import torch
-
-    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
-    flag = torch.tensor([value], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return int(flag.item())

@@ -166,3 +166,26 @@ def gather(value) -> list:
     values = [None] * world_size()
     dist.all_gather_object(values, value)
     return values
+
+
+def barrier() -> None:
+    """Every rank waits for the others here (every rank must call it); nothing on one process."""
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def max_over_processes(value: int) -> int:
+    """The largest `value` of all processes. SaveOnSignal asks it after every step: a signal reaches the ranks
+    at different steps, and a rank that saved and stopped alone would leave the others waiting forever in
+    their next collective; so every rank stops at the same step, with the signal any of them got."""
+    if world_size() == 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([value], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())

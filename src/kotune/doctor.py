@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kotune.config import EIGHT_BIT_OPTIMIZERS, Params, load_params
 from kotune.errors import KotuneError
-from kotune.fit import estimate, needed_bytes, workload_from_params
+from kotune.fit import FLASH_ATTENTION_CAPABILITY, estimate, needed_bytes, workload_from_params
 from kotune.machine import Environment, canonical
 from kotune.memory import GiB
 from kotune.model_shapes import ModelShape, resolve_shape
@@ -27,7 +27,6 @@ from kotune.preflight import cpu_problems
 OK, WARN, FAIL, NONE = "ok", "warn", "FAIL", "-"
 MIN_PYTHON = (3, 11)  # pyproject.toml's requires-python
 CORE_PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate")
-FLASH_ATTENTION_CAPABILITY = (8, 0)  # FlashAttention kernels (varlen, flash_attention_2): Ampere or newer
 
 
 @dataclass(frozen=True)

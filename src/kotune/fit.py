@@ -28,6 +28,7 @@ log = logging.getLogger("kotune.fit")
 # peak, in the four preset runs of bench/results/2026-11-24-fit-validation.md (H100, torch 2.11, CUDA 13).
 CUDA_CONTEXT = 0.75 * GiB
 ALLOCATOR_SLACK = 0.15
+FLASH_ATTENTION_CAPABILITY = (8, 0)  # FlashAttention kernels (SDPA's, varlen, flash_attention_2): Ampere or newer
 LENGTH_STEP = 256  # suggested max_length values are multiples of this
 SEARCH_LIMITS = {"micro_batch": 4096, "seq_len": 2**20}
 UNITS = {"": GiB, "G": GiB, "GIB": GiB, "GB": 10**9, "M": 2**20, "MIB": 2**20, "MB": 10**6, "T": 2**40, "TIB": 2**40}
@@ -104,7 +105,7 @@ def attention_kernel(params: Params, shape: ModelShape, activation: int, gpu: Gp
     if rows_share:
         return "masked", True  # transformers builds a dense mask, and then repeats the heads itself
     grouped = shape.num_key_value_heads != shape.num_attention_heads
-    fused = activation == 2 and (gpu is None or gpu.capability is None or gpu.capability >= (8, 0))
+    fused = activation == 2 and (gpu is None or gpu.capability is None or gpu.capability >= FLASH_ATTENTION_CAPABILITY)
     # SDPA's FlashAttention needs 16-bit inputs on Ampere or newer; its other fused kernel takes no grouped heads.
     return ("math" if grouped and not fused else "flash"), False
 
