@@ -19,6 +19,15 @@ def read_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def verification_texts(tokenizer, data: Path, count: int) -> list[str]:
+    """The first `count` eval conversations of a prepared data folder as training rendered them (the
+    training split's when the eval split is empty): what merge and export check a model on."""
+    from kotune.template import render
+
+    records = read_records(data / "eval.jsonl")[:count] or read_records(data / "train.jsonl")[:count]
+    return [render(tokenizer, record) for record in records]
+
+
 def to_dataset(records: list[dict], where: Path):
     """Conversations keep only `messages` (TRL renders them with the chat template); raw text keeps `text`."""
     from datasets import Dataset

@@ -15,7 +15,6 @@ for f32/f16/bf16, predict its top-1 next token at >= export.min_top1_agreement o
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from importlib import metadata
@@ -28,7 +27,8 @@ from kotune.errors import KotuneError
 from kotune.gguf_export import TYPES, Planned, read_config, write_gguf
 from kotune.logs import log_config
 from kotune.stages import parse_stage_args
-from kotune.template import END_OF_TURN, render, stop_token_ids
+from kotune.template import END_OF_TURN, stop_token_ids
+from kotune.training import verification_texts
 
 log = logging.getLogger("kotune.export")
 LOSSLESS = ("f32", "f16", "bf16")
@@ -99,9 +99,7 @@ def write_files(export: ExportSection, merged: Path, folder: Path,
 
 
 def verification_ids(tokenizer, data: Path, count: int) -> tuple[list[str], list[list[int]]]:
-    eval_path = data / "eval.jsonl" if (data / "eval.jsonl").stat().st_size else data / "train.jsonl"
-    lines = [line for line in eval_path.read_text(encoding="utf-8").splitlines() if line.strip()][:count]
-    texts = [render(tokenizer, json.loads(line)) for line in lines]
+    texts = verification_texts(tokenizer, data, count)
     return texts, [tokenizer(text, add_special_tokens=False)["input_ids"][:VERIFY_TOKENS] for text in texts]
 
 

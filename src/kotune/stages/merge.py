@@ -22,7 +22,7 @@ from kotune.errors import KotuneError
 from kotune.logs import log_config
 from kotune.modeling import require_safetensors, resolve_device
 from kotune.stages import parse_stage_args
-from kotune.template import render, stop_token_ids
+from kotune.template import stop_token_ids
 
 log = logging.getLogger("kotune.merge")
 
@@ -35,11 +35,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         out="output folder for the merged model",
         metrics="JSON metrics file",
     )
-
-
-def verification_texts(tokenizer, data: Path, count: int) -> list[str]:
-    records = training.read_records(data / "eval.jsonl")[:count] or training.read_records(data / "train.jsonl")[:count]
-    return [render(tokenizer, record) for record in records]
 
 
 def save_merged(model, tokenizer, merge, out: str) -> list[Path]:
@@ -67,7 +62,7 @@ def main(argv=None) -> None:
     base = merging.load_merge_base(params.model, params.quant, params.merge, device)
     require_safetensors(args.adapter, "adapter")
     model = PeftModel.from_pretrained(base, args.adapter).eval()
-    batches = merging.verification_batches(tokenizer, verification_texts(tokenizer, Path(args.data),
+    batches = merging.verification_batches(tokenizer, training.verification_texts(tokenizer, Path(args.data),
                                                                          params.merge.verify_examples))
     before = merging.logits_of(model, batches)
     merged = model.merge_and_unload()
