@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import torch
-from profiling import report
+from profiling import phase, report
 from transformers import TrainerCallback
 
 from kotune.config import load_params
@@ -21,8 +21,19 @@ FIRST = int(os.environ.get("PROFILE_FROM", "6"))
 
 
 class Profile(TrainerCallback):
-    def __init__(self):
-        self.profiler = None
+    """Profiles steps FIRST..FIRST+3 and marks the host phases of every step, so the report can say which
+    phase the GPU waited on."""
+
+    def __init__(self, trainer):
+        self.profiler, self.step = None, None
+        trainer.get_batch_samples = phase("data", trainer.get_batch_samples)
+        trainer.compute_loss = phase("loss and metrics", trainer.compute_loss)
+        trainer.accelerator.backward = phase("backward", trainer.accelerator.backward)
+        trainer.accelerator.clip_grad_norm_ = phase("clip", trainer.accelerator.clip_grad_norm_)
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        model.forward = phase("forward", model.forward)
+        optimizer.step = phase("optimizer", optimizer.step)
 
     def on_step_begin(self, args, state, control, **kwargs):
         if state.global_step == FIRST:
@@ -30,14 +41,21 @@ class Profile(TrainerCallback):
                 activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
             self.profiler.__enter__()
             self.started = time.perf_counter()
+        self.step = torch.profiler.record_function("phase:step (other)")
+        self.step.__enter__()
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.step is not None:
+            self.step.__exit__(None, None, None)
         if self.profiler is not None and state.global_step == FIRST + 3:
             torch.cuda.synchronize()
             wall = time.perf_counter() - self.started
             self.profiler.__exit__(None, None, None)
             report(self.profiler, 3, wall)
             self.profiler = None
+            # Between steps only what lives across steps is allocated: weights, LoRA, optimizer state.
+            print(f"allocated between steps {torch.cuda.memory_allocated() / 2**30:.2f} GiB, peak "
+                  f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", flush=True)
 
 
 def main() -> None:
@@ -50,7 +68,7 @@ def main() -> None:
     device = resolve_device(params.train.device)
     data = train.load_data(Path(args.data))
     trainer, _, _ = train.build_trainer(params, args, device, "profile", data)
-    trainer.add_callback(Profile())
+    trainer.add_callback(Profile(trainer))
     trainer.train()
 
 

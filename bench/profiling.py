@@ -1,8 +1,28 @@
 """What bench/profile_*.py print: the kernels that take the most GPU time, the CPU ops that take the most
-host time, and how busy the GPU was over the profiled steps (kernel time against wall time: a GPU
-that waits on the host is the first thing to fix, METHOD.md)."""
+host time, how busy the GPU was over the profiled steps (kernel time against wall time: a GPU that waits
+on the host is the first thing to fix, METHOD.md), and where in the step the GPU waited.
 
+`phase(name)` marks a stretch of host work (data, forward, loss, backward, optimizer...). Each idle
+stretch of the GPU is charged to the innermost phase the host was in when the kernel that ended the
+wait was launched: that phase is what kept the GPU waiting (a host sync before it, or host work slower
+than the kernels it queues)."""
+
+import bisect
+import functools
 import os
+
+import torch
+
+PREFIX = "phase:"
+
+
+def phase(name: str, function):
+    """`function`, run inside a profiler range named phase:<name>."""
+    @functools.wraps(function)
+    def marked(*args, **kwargs):
+        with torch.profiler.record_function(PREFIX + name):
+            return function(*args, **kwargs)
+    return marked
 
 
 def report(profiler, steps: int, wall_seconds: float) -> None:
@@ -11,7 +31,41 @@ def report(profiler, steps: int, wall_seconds: float) -> None:
                        max_name_column_width=70), flush=True)
     print(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=70), flush=True)
     kernels = [e for e in profiler.events() if e.device_type.name == "CUDA"]
-    busy = sum(e.device_time for e in kernels) / 1e6  # microseconds; one stream, so no overlap to subtract
+    busy = sum(e.device_time for e in kernels) / 1e6  # microseconds
     print(f"profiled {steps} steps: wall {wall_seconds / steps * 1e3:.0f} ms/step, GPU kernels "
           f"{busy / steps * 1e3:.0f} ms/step ({busy / wall_seconds:.0%} busy), {len(kernels) // steps} kernels/step",
           flush=True)
+    idle_by_phase(profiler.events(), steps)
+
+
+def idle_by_phase(events, steps: int, threshold_us: float = 5.0) -> None:
+    """GPU idle time per step, charged to the host phase that launched the kernel ending each wait."""
+    kernels = sorted((e.time_range.start, e.time_range.end) for e in events if e.device_type.name == "CUDA")
+    phases = sorted((e.time_range.start, e.time_range.end, e.name[len(PREFIX):])
+                    for e in events if e.device_type.name == "CPU" and e.name.startswith(PREFIX))
+    if not kernels:
+        return
+    starts = [p[0] for p in phases]
+    idle: dict[str, float] = {}
+    waits: dict[str, int] = {}
+    busy_until = kernels[0][1]
+    for start, end in kernels[1:]:
+        gap = start - busy_until
+        if gap > threshold_us:
+            # The launch came shortly before the kernel started; the innermost open phase at that moment.
+            moment = start - 2.0
+            name, latest = "outside the phases", -1.0
+            for index in range(bisect.bisect_right(starts, moment) - 1, -1, -1):
+                first, last, candidate = phases[index]
+                if last >= moment and first > latest:
+                    name, latest = candidate, first
+                if moment - first > 60e6:  # phases are shorter than a minute: stop looking further back
+                    break
+            idle[name] = idle.get(name, 0.0) + gap
+            waits[name] = waits.get(name, 0) + 1
+        busy_until = max(busy_until, end)
+    total = sum(idle.values())
+    print(f"GPU idle {total / steps / 1e3:.1f} ms/step (gaps over {threshold_us:.0f} us), by the host phase that "
+          "ended each wait:", flush=True)
+    for name, micros in sorted(idle.items(), key=lambda item: -item[1]):
+        print(f"  {name:<28} {micros / steps / 1e3:7.1f} ms/step  {waits[name] / steps:7.0f} waits/step", flush=True)
