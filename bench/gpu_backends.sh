@@ -15,6 +15,9 @@ set -uo pipefail
 OUT=${OUT:-/tmp/kotune-bench}
 mkdir -p "$OUT"
 source bench/device_env.sh
+# BASE=<folder> runs an earlier commit's src/ and params.yaml from that folder (`git archive <commit> src
+# params.yaml | tar -x -C .whl/base`): a baseline in the same call for a change to the stage code.
+if [ -n "${BASE:-}" ]; then export PYTHONPATH=$BASE/src:$PYTHONPATH PARAMS=$BASE/params.yaml; fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/gpu.txt"
 python3 -c "import torch, transformers, peft, trl, bitsandbytes, datasets; print(' '.join(f'{m.__name__} {m.__version__}' for m in (torch, transformers, peft, trl, bitsandbytes, datasets)))" | tee -a "$OUT/gpu.txt"
 if [ "${GPU_TESTS:-1}" = 1 ]; then
@@ -62,6 +65,7 @@ declare -A LEVERS=(
   [tf-varlen-fused-compile]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true"
   [tf-varlen-fused-every2-compile]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.checkpoint_every_n_layers=2 train.compile_layers=true"
   [tf-varlen-liger-fused-compile]="model.attn_implementation=varlen train.use_liger_kernel=true train.optim=adamw_torch_fused train.compile_layers=true"
+  [tf-varlen-fused-compile-embcpu]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true train.input_embeddings_on_cpu=true"
   [tf-varlen-fused-compile-offload]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true train.offload_activations=true"
   [tf-varlen-liger-fused-compile-offload]="model.attn_implementation=varlen train.use_liger_kernel=true train.optim=adamw_torch_fused train.compile_layers=true train.offload_activations=true"
   # conf/train/qlora-80gb.yaml's shape: one 4,096-token packed row, LoRA r64

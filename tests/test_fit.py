@@ -71,6 +71,9 @@ def test_levers_move_the_estimate_the_way_the_physics_says():
 
     assert of(checkpoint_every_n_layers=2) > peak + 8 * GiB  # 16 layers kept whole
     assert of(offload_checkpoints=True) < peak - 0.9 * GiB  # 32 layer inputs of 4096 tokens x 8 KiB
+    assert peak - of(embeddings_on_cpu=True) == 128_256 * 4096 * 2  # Llama 3's input table, bf16
+    tied = replace(LLAMA_3_8B, tie_word_embeddings=True)
+    assert estimate(tied, replace(base, embeddings_on_cpu=True)).allocated == estimate(tied, base).allocated
     # 7 attention outputs of 4096 tokens x 4096 x 2 bytes + 32 fp32 log-sum-exps: 7 x 32.5 MiB
     assert of(saved_attention_layers=7) - peak == 7 * 4096 * (4096 * 2 + 32 * 4)
     assert of(layer_kernels="liger") < peak

@@ -166,6 +166,9 @@ class TrainSection:
     # keep the attention output of this many checkpointed layers instead of recomputing it: long context, where
     # attention is most of the work; each costs tokens x hidden_size x 2 bytes (kotune.activation_checkpointing)
     save_attention_layers: int = 0
+    # the frozen input embedding table (1 GiB for Llama 3) stays in CPU memory; each step's rows are looked up
+    # there and sent over (kotune.host_embeddings). One process, untied embeddings, transformers backend.
+    input_embeddings_on_cpu: bool = False
     compile_layers: bool = False  # regional torch.compile of each decoder layer: fuses the small ops; compiles first
     # 8-bit ones need CUDA; adamw_torch_fused: one kernel for all LoRA tensors (fast; LoRA states are small)
     optim: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"] = "adamw_torch"
@@ -214,6 +217,9 @@ class TrainSection:
                 and not self.gradient_checkpointing:
             raise ValueError("offload_activations, checkpoint_every_n_layers and save_attention_layers apply to "
                              "gradient checkpointing: set gradient_checkpointing: true")
+        if self.input_embeddings_on_cpu and self.num_processes > 1:
+            raise ValueError("input_embeddings_on_cpu is for one process: under DDP/FSDP every module's tensors "
+                             "live on its GPU")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise ValueError("pad_to_multiple_of must be >= 1 or null")
         if self.max_steps == 0 or self.max_steps < -1:
@@ -342,6 +348,9 @@ class Params:
                     or self.train.offload_activations:
                 raise ValueError("train.checkpoint_every_n_layers > 1, save_attention_layers or offload_activations "
                                  "with train.backend unsloth: Unsloth checkpoints (and offloads) every layer itself")
+            if self.train.input_embeddings_on_cpu:
+                raise ValueError("train.input_embeddings_on_cpu with train.backend unsloth: Unsloth's model code "
+                                 "keeps its embedding on the GPU; turn one off")
             if self.train.compile_layers:
                 raise ValueError("train.compile_layers with train.backend unsloth: Unsloth compiles its own "
                                  "kernels; turn one off")

@@ -77,6 +77,7 @@ def workload_from_params(params: Params, shape: ModelShape, gpu: Gpu | None = No
         gradients_held=train.gradient_accumulation_steps > 1,
         checkpointing=train.gradient_checkpointing, checkpoint_every_n_layers=train.checkpoint_every_n_layers,
         offload_checkpoints=train.offload_activations or (unsloth and train.gradient_checkpointing),
+        embeddings_on_cpu=train.input_embeddings_on_cpu,
         saved_attention_layers=train.save_attention_layers if train.gradient_checkpointing else 0,
         layer_kernels="compiled" if train.compile_layers else "liger" if train.use_liger_kernel else "eager",
         attention=attention, kv_repeated=repeated,

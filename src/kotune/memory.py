@@ -71,6 +71,7 @@ class Workload:
     checkpointing: bool = True
     checkpoint_every_n_layers: int = 1
     offload_checkpoints: bool = False
+    embeddings_on_cpu: bool = False  # the input embedding table in CPU memory (untied models only)
     saved_attention_layers: int = 0  # checkpointed layers that keep their attention output (selective checkpointing)
     layer_kernels: LayerKernels = "eager"
     attention: Attention = "flash"
@@ -187,10 +188,14 @@ def estimate(shape: ModelShape, w: Workload) -> Estimate:
     in_head = {"fp32 logits, log-softmax + gradient" if w.loss_head == "full" else "loss head (chunked logits)":
                loss_head_bytes(shape, w)}
     n_lora = lora_params(shape, w)
+    dense = shape.dense_params
+    if w.embeddings_on_cpu and not shape.tie_word_embeddings:
+        dense -= shape.vocab_size * shape.hidden_size
     weights = "4-bit weights + quantization constants" if w.load_in_4bit else "16-bit weights"
     parts = {
         weights: quantized_weight_bytes(shape, w),
-        "16-bit embeddings, LM head, norms": shape.dense_params * w.weight_bytes,
+        ("16-bit LM head, norms (embeddings in CPU memory)" if dense < shape.dense_params
+         else "16-bit embeddings, LM head, norms"): dense * w.weight_bytes,
         "LoRA parameters": n_lora * w.lora_bytes,
         "LoRA gradients (held for accumulation)": n_lora * w.lora_bytes if w.gradients_held else 0,
         "optimizer state": n_lora * w.optimizer_bytes,

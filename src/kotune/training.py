@@ -68,7 +68,10 @@ def sft_config(train: TrainSection, device: str, output_dir: Path, conversationa
         # save_total_limit: None, since kotune.checkpoints.MarkComplete deletes old checkpoints itself, once
         # the new one is complete (the Trainer would do it before, leaving a window with too few).
         save_strategy="steps", save_steps=train.save_steps, save_total_limit=None,
-        include_num_input_tokens_seen="non_padding", report_to="none", use_liger_kernel=train.use_liger_kernel,
+        include_num_input_tokens_seen="non_padding", report_to="none",
+        # The filter replaces a NaN or infinite loss by the running mean in the logged loss, hiding it, and it
+        # reads the loss back from the GPU after every backward pass (a host sync). kotune logs what happened.
+        logging_nan_inf_filter=False, use_liger_kernel=train.use_liger_kernel,
         # TRL's offloading copies what autograd keeps for the backward pass (with checkpointing: each layer's
         # input) to pinned CPU memory on a side stream, overlapped with the compute, and prefetches it back.
         activation_offloading=train.offload_activations,

@@ -84,7 +84,6 @@ def load_data(data: Path):
 def build_trainer(params: Params, args, device: str, fingerprint: str, data):
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
-    from trl import SFTTrainer
 
     from kotune import checkpoints, training
 
@@ -94,10 +93,14 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
         ensure_generation_markers(tokenizer)
     started = time.perf_counter()
     if params.train.backend == "unsloth":
+        from trl import SFTTrainer  # as Unsloth patched it
+
         from kotune import unsloth_backend
 
         model, peft_config = unsloth_backend.load_peft_model(params, device), None  # already LoRA-wrapped
     else:
+        from kotune.sft_trainer import SFTTrainer
+
         model = load_base_model(params.model, params.quant, device, distributed.local_rank(), distributed.fsdp())
         peft_config = lora_config(params.lora)
     load_seconds = time.perf_counter() - started
@@ -111,6 +114,11 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
             *([TensorBoardCallback(events)] if events else []),
         ],
     )
+    if params.train.input_embeddings_on_cpu:
+        from kotune.host_embeddings import move_input_embeddings_to_cpu
+
+        freed = move_input_embeddings_to_cpu(trainer.model)
+        log.info("input embeddings in CPU memory: %.2f GiB less on the GPU", freed / 2**30)
     # First, so its figures are in the log dict before the progress output and TensorBoard read it.
     trainer.callback_handler.callbacks.insert(0, training.StepStats(device))
     every, saving = params.train.checkpoint_every_n_layers, params.train.save_attention_layers

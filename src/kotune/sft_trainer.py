@@ -1,0 +1,94 @@
+"""TRL's SFTTrainer, minus the host syncs it makes in the middle of every training step.
+
+TRL turns its per-batch metrics (entropy, token accuracy, token count) into Python numbers right after
+the forward pass (`.item()`, three times per micro-batch), and the Trainer copies each batch's token
+count to the GPU and back after the backward pass. Each of those makes the host wait for the GPU to
+drain. The forward pass is GPU-bound: the host queues kernels faster than the GPU runs them and builds
+a lead. The backward pass (recomputation, compiled backward graphs, 4-bit dequantization) is
+host-bound, and the sync after the forward pass throws that lead away just before it is needed. On the
+8B QLoRA step at 2 x 2,048 tokens, 2,151 GPU waits per step were found in the backward pass
+(bench/profile_train.py, bench/results/2026-11-24-h100-issue6.md).
+
+Here the metrics stay on the GPU and become numbers when the Trainer logs (one sync per logged
+step), with the same values TRL would log. The loss is TRL's own default ("nll" through its fused LM
+head). Any other configuration (a custom loss, label smoothing, MoE auxiliary loss, sequence
+parallelism, evaluation) runs TRL's code unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import trl
+
+
+class SFTTrainer(trl.SFTTrainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # One row per training micro-batch since the last log: label tokens, entropy sum, top-1 hits, input tokens.
+        self._pending_metrics: list[torch.Tensor] = []
+
+    def _runs_trl_default_loss(self) -> bool:
+        parallelism = getattr(self.accelerator, "parallelism_config", None)
+        sequence_parallel = parallelism is not None and getattr(parallelism, "sp_enabled", False)
+        return (self.compute_loss_func is None and self.label_smoother is None and not self.aux_loss_enabled
+                and self.args.loss_type == "nll" and not sequence_parallel)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs or not self.model.training or not self._runs_trl_default_loss():
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # TRL's default branch (trl.SFTTrainer.compute_loss, "nll"), line for line.
+        inputs["use_cache"] = False
+        outputs = model(**inputs, fused_lm_head=True)
+        num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = -outputs.log_probs.sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        if "attention_mask" in inputs:
+            input_tokens = inputs["attention_mask"].sum()
+        else:  # padding-free batches carry position_ids instead (as TRL counts them)
+            input_tokens = torch.tensor(inputs["position_ids"].size(1), device=loss.device)
+        self._pending_metrics.append(torch.stack([
+            outputs.label_mask.sum().double(), outputs.entropy.detach().sum().double(),
+            outputs.is_top1.sum().double(), input_tokens.double()]))
+        return loss
+
+    def _flush_metrics(self) -> None:
+        """TRL's per-micro-batch figures from the rows kept since the last log: one transfer for all."""
+        if not self._pending_metrics:
+            return
+        rows = torch.stack(self._pending_metrics)
+        self._pending_metrics = []
+        # Every process ran the same number of micro-batches: sum each one's figures over the processes.
+        rows = self.accelerator.gather(rows).reshape(-1, *rows.shape).sum(dim=0).tolist()
+        metrics = self._metrics["train"]
+        for valid, entropy, correct, tokens in rows:
+            metrics["entropy"].append(entropy / valid if valid > 0 else 0.0)
+            metrics["mean_token_accuracy"].append(correct / valid if valid > 0 else 0.0)
+            self._total_train_tokens += int(tokens) // self._tp_size
+        metrics["num_tokens"] = [self._total_train_tokens]
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        self._flush_metrics()
+        super().log(logs, start_time)
+
+    def _track_num_input_tokens(self, inputs):
+        """One process: count the batch's tokens where the batch still is, on the host. The Trainer sends
+        the count to the GPU and reads it back (a sync after every backward pass) so that it can sum it
+        over processes, which one process does not need."""
+        if self.accelerator.num_processes > 1 or self.args.include_num_input_tokens_seen == "no":
+            return super()._track_num_input_tokens(inputs)
+        ids = inputs.get(getattr(self.model, "main_input_name", "input_ids"))
+        mask = inputs.get("attention_mask")
+        on_host = [t.device.type == "cpu" for t in (ids, mask) if isinstance(t, torch.Tensor)]
+        if not isinstance(ids, torch.Tensor) or not all(on_host):
+            return super()._track_num_input_tokens(inputs)
+        pad = getattr(self.processing_class, "pad_token_id", None)
+        if self.args.include_num_input_tokens_seen != "non_padding":
+            counted = ids.numel()
+        elif mask is not None:
+            counted = int(mask.sum())
+        elif pad is not None:
+            counted = int((ids != pad).sum())
+        else:
+            return super()._track_num_input_tokens(inputs)  # the Trainer warns and counts every token
+        self.state.num_input_tokens_seen += counted

@@ -1,0 +1,59 @@
+"""train.input_embeddings_on_cpu: the same losses with the input embedding table kept in CPU memory."""
+
+import pytest
+import torch
+
+from kotune.config import ConfigError, load_params, params_from_dict
+from kotune.host_embeddings import HostEmbedding, move_input_embeddings_to_cpu
+from kotune.stages import train
+from tests.conftest import DATA, FAST, params_file, stage_args
+
+pytestmark = pytest.mark.unit
+
+
+def trained_losses(work, tiny_model_dir, processed, **train_keys):
+    work.mkdir()
+    params = load_params(params_file(work / "params.yaml", tiny_model_dir, data=DATA, train={
+        **FAST, "max_steps": 3, "gradient_checkpointing": True, **train_keys}))
+    args = train.parse_args(stage_args(work, work / "params.yaml", processed))
+    trainer, _, _ = train.build_trainer(params, args, "cpu", "test", train.load_data(processed))
+    trainer.train()
+    return trainer, [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+def test_same_losses_with_the_table_in_cpu_memory(tmp_path, tiny_model_dir, processed):
+    _, want = trained_losses(tmp_path / "gpu", tiny_model_dir, processed)
+    trainer, got = trained_losses(tmp_path / "cpu", tiny_model_dir, processed, input_embeddings_on_cpu=True)
+    embedding = trainer.model.get_input_embeddings()
+    assert isinstance(embedding, HostEmbedding) and embedding.weight.device.type == "cpu"
+    assert "embed_tokens.weight" not in dict(trainer.model.named_parameters())  # a buffer: not in model.device
+    assert len(got) == len(want) == 3
+    assert got == want
+
+
+def test_refuses_a_table_the_output_head_shares(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.lm_head.weight = model.get_input_embeddings().weight
+    model.get_input_embeddings().weight.requires_grad_(False)
+    with pytest.raises(ValueError, match="tie_word_embeddings"):
+        move_input_embeddings_to_cpu(model)
+
+
+def test_rows_and_hooks_carry_over():
+    table = torch.nn.Embedding(10, 4)
+    table.weight.requires_grad_(False)
+    table.register_forward_hook(lambda module, inputs, output: output.requires_grad_(True))
+    host = HostEmbedding(table, torch.device("cpu"))
+    host._forward_hooks.update(table._forward_hooks)
+    ids = torch.tensor([[1, 2, 9]])
+    out = host(ids)
+    assert torch.equal(out, table(ids)) and out.requires_grad
+
+
+def test_config_refuses_several_processes_and_unsloth():
+    with pytest.raises(ConfigError, match="one process"):
+        params_from_dict({"train": {"input_embeddings_on_cpu": True, "num_processes": 2}})
+    with pytest.raises(ConfigError, match="Unsloth's model code"):
+        params_from_dict({"train": {"input_embeddings_on_cpu": True, "backend": "unsloth"}})
