@@ -71,6 +71,8 @@ declare -A LEVERS=(
   # conf/train/qlora-80gb.yaml's shape: one 4,096-token packed row, LoRA r64
   [preset-80gb-compile]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.checkpoint_every_n_layers=2 train.compile_layers=true train.per_device_train_batch_size=1 train.max_length=4096 lora.lora_r=64 lora.lora_alpha=128"
   [unsloth]="train.backend=unsloth"
+  [unsloth-fused]="train.backend=unsloth train.optim=adamw_torch_fused"
+  [unsloth-fused-embcpu]="train.backend=unsloth train.optim=adamw_torch_fused train.input_embeddings_on_cpu=true"
   [unsloth-pad]="train.backend=unsloth train.pad_to_multiple_of=4096"
 )
 # TAG names the outputs of a second pass, e.g. TAG=-cppwrapper TORCHINDUCTOR_CPP_WRAPPER=1 bash bench/...

@@ -26,7 +26,8 @@ def test_same_losses_with_the_table_in_cpu_memory(tmp_path, tiny_model_dir, proc
     trainer, got = trained_losses(tmp_path / "cpu", tiny_model_dir, processed, input_embeddings_on_cpu=True)
     embedding = trainer.model.get_input_embeddings()
     assert isinstance(embedding, HostEmbedding) and embedding.weight.device.type == "cpu"
-    assert "embed_tokens.weight" not in dict(trainer.model.named_parameters())  # a buffer: not in model.device
+    names = [name for name, _ in (*trainer.model.named_parameters(), *trainer.model.named_buffers())]
+    assert not any("embed_tokens" in name for name in names)  # model.to(device) must not move it back
     assert len(got) == len(want) == 3
     assert got == want
 
@@ -41,6 +42,12 @@ def test_refuses_a_table_the_output_head_shares(tiny_model_dir):
         move_input_embeddings_to_cpu(model)
 
 
+def test_the_table_stays_on_the_cpu_when_the_model_moves():
+    host = HostEmbedding(torch.nn.Embedding(10, 4), torch.device("cpu"))
+    host.to(torch.float64).to("meta")
+    assert host.weight.device.type == "cpu" and host.weight.dtype == torch.float32
+
+
 def test_rows_and_hooks_carry_over():
     table = torch.nn.Embedding(10, 4)
     table.weight.requires_grad_(False)
@@ -52,8 +59,6 @@ def test_rows_and_hooks_carry_over():
     assert torch.equal(out, table(ids)) and out.requires_grad
 
 
-def test_config_refuses_several_processes_and_unsloth():
+def test_config_refuses_several_processes():
     with pytest.raises(ConfigError, match="one process"):
         params_from_dict({"train": {"input_embeddings_on_cpu": True, "num_processes": 2}})
-    with pytest.raises(ConfigError, match="Unsloth's model code"):
-        params_from_dict({"train": {"input_embeddings_on_cpu": True, "backend": "unsloth"}})

@@ -348,9 +348,6 @@ class Params:
                     or self.train.offload_activations:
                 raise ValueError("train.checkpoint_every_n_layers > 1, save_attention_layers or offload_activations "
                                  "with train.backend unsloth: Unsloth checkpoints (and offloads) every layer itself")
-            if self.train.input_embeddings_on_cpu:
-                raise ValueError("train.input_embeddings_on_cpu with train.backend unsloth: Unsloth's model code "
-                                 "keeps its embedding on the GPU; turn one off")
             if self.train.compile_layers:
                 raise ValueError("train.compile_layers with train.backend unsloth: Unsloth compiles its own "
                                  "kernels; turn one off")

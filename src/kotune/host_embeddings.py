@@ -19,13 +19,19 @@ class HostEmbedding(torch.nn.Module):
 
     def __init__(self, embedding: torch.nn.Embedding, device: torch.device):
         super().__init__()
-        # A buffer, not a parameter: `model.device` (the first parameter's) stays the GPU, and the table is frozen.
-        self.register_buffer("weight", embedding.weight.detach().to("cpu"), persistent=True)
+        # Neither a parameter nor a buffer, so that the Trainer's `model.to(device)` leaves it where it is and
+        # `model.device` (the first parameter's) stays the GPU; the adapter never saves it (it is frozen).
+        self.table = embedding.weight.detach().to("cpu")
         self.padding_idx, self.target = embedding.padding_idx, device
-        self.num_embeddings, self.embedding_dim = self.weight.shape
+        self.num_embeddings, self.embedding_dim = self.table.shape
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """What code that reads `get_input_embeddings().weight` (its dtype, its shape) expects."""
+        return self.table
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        rows = torch.nn.functional.embedding(input_ids.to("cpu"), self.weight, self.padding_idx)
+        rows = torch.nn.functional.embedding(input_ids.to("cpu"), self.table, self.padding_idx)
         if self.target.type == "cuda":
             rows = rows.pin_memory()  # so that the copy below can run without the host waiting on it
         return rows.to(self.target, non_blocking=True)
