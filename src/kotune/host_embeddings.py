@@ -31,10 +31,13 @@ class HostEmbedding(torch.nn.Module):
         return self.table
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        rows = torch.nn.functional.embedding(input_ids.to("cpu"), self.table, self.padding_idx)
-        if self.target.type == "cuda":
-            rows = rows.pin_memory()  # so that the copy below can run without the host waiting on it
-        return rows.to(self.target, non_blocking=True)
+        ids = input_ids.to("cpu").reshape(-1)
+        # Gathered straight into pinned memory (torch's host allocator caches it across steps), so the copy to
+        # the GPU below needs no staging copy and does not hold the host up.
+        rows = torch.empty((ids.numel(), self.embedding_dim), dtype=self.table.dtype,
+                           pin_memory=self.target.type == "cuda")
+        torch.index_select(self.table, 0, ids, out=rows)
+        return rows.view(*input_ids.shape, self.embedding_dim).to(self.target, non_blocking=True)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, on the CPU, rows sent to {self.target}"
