@@ -5,6 +5,8 @@
 #
 #   RUNS="tf-sdpa tf-varlen unsloth" PEERS=1 bash bench/gpu_backends.sh
 #
+# LOGGING=10 logs (and times) every 10th step, as the presets do; the default 1 gives per-step windows.
+#
 # DATA=full trains on full-length rows instead (the issue's first goal, Unsloth's random-token shape):
 # raw Korean text cut into ~4,000-character records, each truncated to 2,048 tokens, no packing, so every
 # step is 2 x 2,048 real tokens under one causal mask per row.
@@ -31,7 +33,7 @@ common=(model.name_or_path=/tmp/l8b model.pad_token='<|reserved_special_token_25
         quant.bnb_4bit_compute_dtype=bfloat16 lora.lora_alpha=16 lora.lora_dropout=0.0 train.device=cuda
         train.gradient_checkpointing=true train.optim=adamw_8bit train.max_length=2048
         train.per_device_train_batch_size=2 train.learning_rate=2e-4 train.warmup_steps=0.1
-        train.max_steps=${STEPS:-20} train.logging_steps=1 train.eval_steps=100000 train.save_steps=100000
+        train.max_steps=${STEPS:-20} train.logging_steps=${LOGGING:-1} train.eval_steps=100000 train.save_steps=100000
         data.max_tokens=2048 data.eval_size=0.01 data.max_records=${RECORDS:-3000})
 if [ "${DATA:-koalpaca}" = full ]; then
   common+=(train.packing=false)

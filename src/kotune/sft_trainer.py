@@ -13,15 +13,27 @@ Here the metrics stay on the GPU and become numbers when the Trainer logs (one s
 step), with the same values TRL would log. The loss is TRL's own default ("nll" through its fused LM
 head). Any other configuration (a custom loss, label smoothing, MoE auxiliary loss, sequence
 parallelism, evaluation) runs TRL's code unchanged.
+
+The class is built on whatever `trl.SFTTrainer` is when `trainer_class()` is called: with
+`train.backend: unsloth`, Unsloth's patched copy of TRL's trainer (the same compute_loss code, the same
+fused LM head, which Unsloth's models honour).
 """
 
 from __future__ import annotations
 
 import torch
-import trl
 
 
-class SFTTrainer(trl.SFTTrainer):
+def trainer_class() -> type:
+    """kotune's SFTTrainer on top of the current `trl.SFTTrainer` (import Unsloth before calling this)."""
+    import trl
+
+    return type("SFTTrainer", (DeferredMetrics, trl.SFTTrainer), {"__module__": __name__})
+
+
+class DeferredMetrics:
+    """Mixed into TRL's SFTTrainer by trainer_class()."""
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # One row per training micro-batch since the last log: label tokens, entropy sum, top-1 hits, input tokens.
@@ -30,8 +42,10 @@ class SFTTrainer(trl.SFTTrainer):
     def _runs_trl_default_loss(self) -> bool:
         parallelism = getattr(self.accelerator, "parallelism_config", None)
         sequence_parallel = parallelism is not None and getattr(parallelism, "sp_enabled", False)
-        return (self.compute_loss_func is None and self.label_smoother is None and not self.aux_loss_enabled
-                and self.args.loss_type == "nll" and not sequence_parallel)
+        knows_trl_state = all(hasattr(self, name) for name in ("_metrics", "_total_train_tokens", "_tp_size"))
+        return (knows_trl_state and self.compute_loss_func is None and self.label_smoother is None
+                and not getattr(self, "aux_loss_enabled", False) and getattr(self.args, "loss_type", "nll") == "nll"
+                and not sequence_parallel)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs or not self.model.training or not self._runs_trl_default_loss():

@@ -93,21 +93,19 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
         ensure_generation_markers(tokenizer)
     started = time.perf_counter()
     if params.train.backend == "unsloth":
-        from trl import SFTTrainer  # as Unsloth patched it
-
         from kotune import unsloth_backend
 
         model, peft_config = unsloth_backend.load_peft_model(params, device), None  # already LoRA-wrapped
     else:
-        from kotune.sft_trainer import SFTTrainer
-
         model = load_base_model(params.model, params.quant, device, distributed.local_rank(), distributed.fsdp())
         peft_config = lora_config(params.lora)
     load_seconds = time.perf_counter() - started
     config = training.sft_config(params.train, device, Path(args.checkpoints), conversational, eval_set is not None)
     # Rank 0 alone writes TensorBoard events: a writer creates its event file as it starts.
     events = SummaryWriter(log_dir=args.tensorboard) if distributed.is_main() else None
-    trainer = SFTTrainer(
+    from kotune.sft_trainer import trainer_class
+
+    trainer = trainer_class()(  # on TRL's SFTTrainer, or on Unsloth's patched copy of it
         model=model, args=config, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
         peft_config=peft_config, callbacks=[
             checkpoints.MarkComplete(fingerprint, params.train.save_total_limit, flush=(events,) if events else ()),
