@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 from profiling import phase, report
-from transformers import TrainerCallback
 
 from kotune.config import load_params
 from kotune.modeling import resolve_device
@@ -20,7 +19,7 @@ from kotune.stages import train
 FIRST = int(os.environ.get("PROFILE_FROM", "6"))
 
 
-class Profile(TrainerCallback):
+class Profile:  # a transformers TrainerCallback; transformers is imported in main(), after Unsloth
     """Profiles steps FIRST..FIRST+3 and marks the host phases of every step, so the report can say which
     phase the GPU waited on."""
 
@@ -65,10 +64,13 @@ def main() -> None:
         from kotune import unsloth_backend
 
         unsloth_backend.import_first()
+    from transformers import TrainerCallback
+
+    profile = type("Profile", (Profile, TrainerCallback), {})
     device = resolve_device(params.train.device)
     data = train.load_data(Path(args.data))
     trainer, _, _ = train.build_trainer(params, args, device, "profile", data)
-    trainer.add_callback(Profile(trainer))
+    trainer.add_callback(profile(trainer))
     trainer.train()
 
 

@@ -169,6 +169,9 @@ class TrainSection:
     # the frozen input embedding table (1 GiB for Llama 3) stays in CPU memory; each step's rows are looked up
     # there and sent over (kotune.host_embeddings). One process, untied embeddings, transformers backend.
     input_embeddings_on_cpu: bool = False
+    # > 0: Python's garbage collector runs every N optimizer steps instead of whenever allocations trigger it
+    # mid-step (kotune.garbage_collection); 0: Python's automatic collection
+    gc_every_n_steps: int = 0
     compile_layers: bool = False  # regional torch.compile of each decoder layer: fuses the small ops; compiles first
     # 8-bit ones need CUDA; adamw_torch_fused: one kernel for all LoRA tensors (fast; LoRA states are small)
     optim: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"] = "adamw_torch"
@@ -209,6 +212,8 @@ class TrainSection:
                      "max_length", "logging_steps", "eval_steps", "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.gc_every_n_steps < 0:
+            raise ValueError("gc_every_n_steps must be >= 0 (0: Python's automatic garbage collection)")
         if self.checkpoint_every_n_layers < 1:
             raise ValueError("checkpoint_every_n_layers must be >= 1")
         if self.save_attention_layers < 0:

@@ -124,6 +124,10 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
         from kotune.activation_checkpointing import SelectiveCheckpointing
 
         trainer.add_callback(SelectiveCheckpointing(every, saving))
+    if params.train.gc_every_n_steps:
+        from kotune.garbage_collection import ScheduledGarbageCollection
+
+        trainer.add_callback(ScheduledGarbageCollection(params.train.gc_every_n_steps))
     if params.train.compile_layers:
         from kotune.compiling import CompileLayers
 
@@ -161,6 +165,12 @@ def run_training(trainer, resume: Path | None, params: Params):
         if error is None:
             raise
         raise error from None
+    finally:
+        from kotune.garbage_collection import ScheduledGarbageCollection
+
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, ScheduledGarbageCollection):  # automatic collection back on, even after a failure
+                callback.restore()
 
 
 def out_of_memory(exc: Exception, params: Params) -> KotuneError | None:
