@@ -96,6 +96,12 @@ ROWS = [
         (*LONG_LEVERS, *length(131072), "train.compile_layers=true", "train.save_attention_layers=7"),
         acceptance=True),
     Row("train.backend unsloth, bs 2 x 2048 packed", 6.82, ISSUE6, (*PACKED, "train.backend=unsloth")),
+    # DATA=full: full-length rows, no packing (fourth session, calls 18-19)
+    Row("train.backend unsloth + fused AdamW, bs 2 x 2048 full-length", 6.91, ISSUE6,
+        (*PACKED, "train.packing=false", "train.backend=unsloth", "train.optim=adamw_torch_fused")),
+    Row("  + input_embeddings_on_cpu (qlora-24gb-unsloth's levers)", 5.93, ISSUE6,
+        (*PACKED, "train.packing=false", "train.backend=unsloth", "train.optim=adamw_torch_fused",
+         "train.input_embeddings_on_cpu=true")),
     # conf/train presets as shipped (LoRA dropout 0.05, gradient accumulation), Llama-3-8B shape.
     Row("qlora-24gb preset", 7.984, FIT, ("model=llama-3-8b", "train=qlora-24gb"), acceptance=True),
     Row("qlora-80gb preset", 21.325, FIT, ("model=llama-3-8b", "train=qlora-80gb"), acceptance=True),

@@ -34,7 +34,7 @@ def load_validation():
 @pytest.fixture(scope="module")
 def presets():
     return {name: compose(["model=llama-3-8b", f"train={name}"], CONF)
-            for name in ("qlora-24gb", "qlora-80gb", "qlora-long-80gb")}
+            for name in ("qlora-24gb", "qlora-24gb-unsloth", "qlora-80gb", "qlora-long-80gb")}
 
 
 def test_llama3_8b_weights_in_4bit_with_double_quant_are_5_7_gb():
@@ -102,6 +102,9 @@ def test_params_map_to_what_the_train_stage_runs(presets):
     small = fit.workload_from_params(presets["qlora-24gb"], shape, GPU_24)
     assert (small.micro_batch, small.seq_len, small.attention, small.layer_kernels) == (2, 2048, "varlen", "compiled")
     assert small.gradients_held and small.lora_dropout and small.optimizer_bytes == 4 and small.lora_bytes == 2
+    lean = fit.workload_from_params(presets["qlora-24gb-unsloth"], shape, GPU_24)
+    assert lean.embeddings_on_cpu and lean.offload_checkpoints and lean.attention == "flash"  # Unsloth's own
+    assert estimate(shape, lean).allocated < estimate(shape, small).allocated
     big = fit.workload_from_params(presets["qlora-80gb"], shape, GPU_24)
     assert big.checkpoint_every_n_layers == 2 and big.lora_r == 64
     long = fit.workload_from_params(presets["qlora-long-80gb"], shape, GPU_24)
