@@ -11,6 +11,7 @@ whole run), switch automatic collection off, and collect the young generations e
 from __future__ import annotations
 
 import gc
+from contextlib import contextmanager
 
 from transformers import TrainerCallback
 
@@ -33,14 +34,23 @@ class ScheduledGarbageCollection(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.restore()
+        if self.was_enabled is not None:
+            gc.unfreeze()
+            if self.was_enabled:
+                gc.enable()
+            self.was_enabled = None
         return control
 
-    def restore(self) -> None:
-        """Automatic collection as it was before training (also after a failed run: see stages/train.py)."""
-        if self.was_enabled is None:
-            return
-        gc.unfreeze()
-        if self.was_enabled:
+
+@contextmanager
+def restored_afterwards():
+    """Python's collector as it is now once the block ends, also when training fails inside it (the
+    Trainer calls on_train_end only when training completes)."""
+    enabled, frozen = gc.isenabled(), gc.get_freeze_count()
+    try:
+        yield
+    finally:
+        if frozen == 0 and gc.get_freeze_count():  # frozen inside the block (by on_train_begin)
+            gc.unfreeze()
+        if enabled:
             gc.enable()
-        self.was_enabled = None

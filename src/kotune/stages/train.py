@@ -156,21 +156,17 @@ def start_or_resume(args, fingerprint: str) -> Path | None:
 
 def run_training(trainer, resume: Path | None, params: Params):
     from kotune import checkpoints
+    from kotune.garbage_collection import restored_afterwards
 
     try:
-        return trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        with restored_afterwards():  # train.gc_every_n_steps switches automatic collection off while training
+            return trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except Exception as exc:
         error = out_of_memory(exc, params) or checkpoints.checkpoint_disk_full(
             exc, Path(trainer.args.output_dir), params.train.save_total_limit)
         if error is None:
             raise
         raise error from None
-    finally:
-        from kotune.garbage_collection import ScheduledGarbageCollection
-
-        for callback in trainer.callback_handler.callbacks:
-            if isinstance(callback, ScheduledGarbageCollection):  # automatic collection back on, even after a failure
-                callback.restore()
 
 
 def out_of_memory(exc: Exception, params: Params) -> KotuneError | None:
