@@ -19,12 +19,12 @@ from transformers import TrainerCallback
 class ScheduledGarbageCollection(TrainerCallback):
     def __init__(self, every_n_steps: int):
         self.every_n_steps = every_n_steps
-        self.was_enabled: bool | None = None
+        self.before: tuple[bool, int] | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.before = collector_state()
         gc.collect()
         gc.freeze()  # model, optimizer and libraries: not garbage, so no collection needs to walk them
-        self.was_enabled = gc.isenabled()
         gc.disable()
         return control
 
@@ -34,11 +34,9 @@ class ScheduledGarbageCollection(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.was_enabled is not None:
-            gc.unfreeze()
-            if self.was_enabled:
-                gc.enable()
-            self.was_enabled = None
+        if self.before is not None:
+            restore(*self.before)
+            self.before = None
         return control
 
 
@@ -46,11 +44,19 @@ class ScheduledGarbageCollection(TrainerCallback):
 def restored_afterwards():
     """Python's collector as it is now once the block ends, also when training fails inside it (the
     Trainer calls on_train_end only when training completes)."""
-    enabled, frozen = gc.isenabled(), gc.get_freeze_count()
+    before = collector_state()
     try:
         yield
     finally:
-        if frozen == 0 and gc.get_freeze_count():  # frozen inside the block (by on_train_begin)
-            gc.unfreeze()
-        if enabled:
-            gc.enable()
+        restore(*before)
+
+
+def collector_state() -> tuple[bool, int]:
+    return gc.isenabled(), gc.get_freeze_count()
+
+
+def restore(enabled: bool, frozen: int) -> None:
+    if frozen == 0 and gc.get_freeze_count():  # frozen since (by on_train_begin)
+        gc.unfreeze()
+    if enabled:
+        gc.enable()
