@@ -1,7 +1,9 @@
 """kotune.sft_trainer: TRL's SFTTrainer with its per-batch metrics kept on the device until logged.
 The logged figures must equal TRL's own, and the loss path must not read anything back from the device."""
 
+import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,12 +19,12 @@ pytestmark = pytest.mark.unit
 TRACKED = ("loss", "grad_norm", "entropy", "mean_token_accuracy", "num_tokens")
 
 
-def build(work, tiny_model_dir, processed):
+def build(work, tiny_model_dir, processed, **train_params):
     work.mkdir()
     # Two micro-batches a step, a log line every two steps: figures of several micro-batches are averaged.
     params = load_params(params_file(work / "params.yaml", tiny_model_dir, data=DATA, train={
         **FAST, "max_steps": 4, "logging_steps": 2, "per_device_train_batch_size": 2,
-        "gradient_accumulation_steps": 2}))
+        "gradient_accumulation_steps": 2, **train_params}))
     args = train.parse_args(stage_args(work, work / "params.yaml", processed))
     trainer, _, _ = train.build_trainer(params, args, "cpu", "test", train.load_data(processed))
     return trainer
@@ -30,26 +32,29 @@ def build(work, tiny_model_dir, processed):
 
 def run(trainer):
     """Trains; returns the logged rows, (tokens seen, total FLOPs, parameter counts) and the values the
-    trainers' own code read back from the device in training-mode compute_loss (the model's code is not
-    counted: its reads are not the trainer's)."""
+    trainers' own code read back from the device in training-mode compute_loss and in the per-micro-batch
+    token count (the model's code is not counted: its reads are not the trainer's)."""
     reads = []
-    original_item, original_bool = torch.Tensor.item, torch.Tensor.__bool__
-    compute_loss = trainer.compute_loss
+    original = {name: getattr(torch.Tensor, name) for name in ("item", "__bool__", "__int__")}
 
     def note(kind):
         caller = sys._getframe(2).f_code.co_filename
-        if trainer.model.training and caller.endswith("sft_trainer.py"):
+        if trainer.model.training and caller.endswith(("sft_trainer.py", "transformers/trainer.py")):
             reads.append(f"{kind} in {caller}")
 
-    def counting_loss(*args, **kwargs):
-        torch.Tensor.item = lambda t: note("item") or original_item(t)
-        torch.Tensor.__bool__ = lambda t: note("bool") or original_bool(t)
-        try:
-            return compute_loss(*args, **kwargs)
-        finally:
-            torch.Tensor.item, torch.Tensor.__bool__ = original_item, original_bool
+    def counting(method):
+        def counted(*args, **kwargs):
+            for name, read in original.items():
+                setattr(torch.Tensor, name, lambda t, name=name, read=read: note(name) or read(t))
+            try:
+                return method(*args, **kwargs)
+            finally:
+                for name, read in original.items():
+                    setattr(torch.Tensor, name, read)
+        return counted
 
-    trainer.compute_loss = counting_loss
+    trainer.compute_loss = counting(trainer.compute_loss)
+    trainer._track_num_input_tokens = counting(trainer._track_num_input_tokens)
     counts = []
     count_parameters = trainer.model.num_parameters
     trainer.model.num_parameters = lambda *a, **k: counts.append(1) or count_parameters(*a, **k)
@@ -78,5 +83,22 @@ def test_logs_what_trl_logs_without_reading_the_device_in_the_loss(tmp_path, tin
     assert tokens == want_tokens > 0
     assert flos == want_flos > 0
     assert parameter_walks == 1 < want_walks, "parameters counted once, not on every micro-batch"
-    assert want_reads, "TRL reads its metrics back inside compute_loss (else this test proves nothing)"
+    assert any("sft_trainer" in read for read in want_reads), "TRL reads its metrics back in compute_loss"
+    assert any("transformers/trainer.py" in read for read in want_reads), "the Trainer reads its token count back"
     assert got_reads == []
+
+
+def test_a_checkpoint_between_log_lines_saves_the_tokens_seen_so_far(tmp_path, tiny_model_dir, processed,
+                                                                     monkeypatch):
+    """kotune adds up the token count between log lines; a checkpoint saved in between must still carry
+    the Trainer's count (a resumed run continues from it)."""
+    def tokens_at_step_3(trainer):
+        trainer.train()
+        state = json.loads((Path(trainer.args.output_dir) / "checkpoint-3" / "trainer_state.json").read_text())
+        return state["num_input_tokens_seen"]
+
+    between_logs = {"max_steps": 4, "logging_steps": 2, "save_steps": 3, "save_total_limit": None}
+    got = tokens_at_step_3(build(tmp_path / "kotune", tiny_model_dir, processed, **between_logs))
+    monkeypatch.setattr(kotune.sft_trainer, "trainer_class", lambda: trl.SFTTrainer)
+    want = tokens_at_step_3(build(tmp_path / "trl", tiny_model_dir, processed, **between_logs))
+    assert got == want > 0

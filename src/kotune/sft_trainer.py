@@ -1,18 +1,18 @@
 """TRL's SFTTrainer, minus the host syncs it makes in the middle of every training step.
 
 TRL turns its per-batch metrics (entropy, token accuracy, token count) into Python numbers right after
-the forward pass (`.item()`, three times per micro-batch), and the Trainer copies each batch's token
-count to the GPU and back after the backward pass. Each of those makes the host wait for the GPU to
+the forward pass (`.item()`, three times per micro-batch), and the Trainer reads each batch's input
+token count back from the GPU after the backward pass. Each of those makes the host wait for the GPU to
 drain. The forward pass is GPU-bound: the host queues kernels faster than the GPU runs them and builds
 a lead. The backward pass (recomputation, compiled backward graphs, 4-bit dequantization) is
 host-bound, and the sync after the forward pass throws that lead away just before it is needed. On the
 8B QLoRA step at 2 x 2,048 tokens, 2,151 GPU waits per step were found in the backward pass
 (bench/profile_train.py, bench/results/2026-11-24-h100-issue6.md).
 
-Here the metrics stay on the GPU and become numbers when the Trainer logs (one sync per logged
-step), with the same values TRL would log. The loss is TRL's own default ("nll" through its fused LM
-head). Any other configuration (a custom loss, label smoothing, MoE auxiliary loss, sequence
-parallelism, evaluation) runs TRL's code unchanged.
+Here the metrics and the token count stay on the GPU and become numbers when the Trainer logs or
+saves (one sync per logged step), with the same values TRL and the Trainer would log. The loss is
+TRL's own default ("nll" through its fused LM head). Any other configuration (a custom loss, label
+smoothing, MoE auxiliary loss, sequence parallelism, evaluation) runs TRL's code unchanged.
 
 The class is built on whatever `trl.SFTTrainer` is when `trainer_class()` is called: with
 `train.backend: unsloth`, Unsloth's patched copy of TRL's trainer (the same compute_loss code, the same
@@ -39,6 +39,7 @@ class DeferredMetrics:
         # One row per training micro-batch since the last log: label tokens, entropy sum, top-1 hits, input tokens.
         self._pending_metrics: list[torch.Tensor] = []
         self._flops_per_token: int | None = None
+        self._pending_input_tokens: torch.Tensor | int = 0  # input tokens counted since the last log or save
 
     def _runs_trl_default_loss(self) -> bool:
         parallelism = getattr(self.accelerator, "parallelism_config", None)
@@ -84,6 +85,7 @@ class DeferredMetrics:
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         self._flush_metrics()
+        self._flush_input_tokens()
         super().log(logs, start_time)
 
     def floating_point_ops(self, inputs) -> int:
@@ -98,23 +100,32 @@ class DeferredMetrics:
         return self._flops_per_token * ids.numel()
 
     def _track_num_input_tokens(self, inputs):
-        """One process: count the batch's tokens where the batch still is, on the host. The Trainer sends
-        the count to the GPU and reads it back (a sync after every backward pass) so that it can sum it
-        over processes, which one process does not need."""
+        """One process: the batch's token count is added up where the batch is and becomes a number when the
+        Trainer logs or saves. The Trainer reads each micro-batch's count back (`.item()`) right after its
+        backward pass, and on a GPU the batch is already there (accelerate's dataloader moved it), so that
+        read was a wait for the whole step to drain."""
         if self.accelerator.num_processes > 1 or self.args.include_num_input_tokens_seen == "no":
             return super()._track_num_input_tokens(inputs)
         ids = inputs.get(getattr(self.model, "main_input_name", "input_ids"))
         mask = inputs.get("attention_mask")
-        on_host = [t.device.type == "cpu" for t in (ids, mask) if isinstance(t, torch.Tensor)]
-        if not isinstance(ids, torch.Tensor) or not all(on_host):
-            return super()._track_num_input_tokens(inputs)
         pad = getattr(self.processing_class, "pad_token_id", None)
+        if not isinstance(ids, torch.Tensor):
+            return super()._track_num_input_tokens(inputs)  # the Trainer warns about the missing input
         if self.args.include_num_input_tokens_seen != "non_padding":
             counted = ids.numel()
-        elif mask is not None:
-            counted = int(mask.sum())
+        elif isinstance(mask, torch.Tensor):
+            counted = mask.sum()
         elif pad is not None:
-            counted = int((ids != pad).sum())
+            counted = (ids != pad).sum()
         else:
             return super()._track_num_input_tokens(inputs)  # the Trainer warns and counts every token
-        self.state.num_input_tokens_seen += counted
+        self._pending_input_tokens = self._pending_input_tokens + counted
+
+    def _flush_input_tokens(self) -> None:
+        if isinstance(self._pending_input_tokens, torch.Tensor) or self._pending_input_tokens:
+            self.state.num_input_tokens_seen += int(self._pending_input_tokens)
+        self._pending_input_tokens = 0
+
+    def _save_checkpoint(self, model, trial) -> None:
+        self._flush_input_tokens()  # the saved trainer state carries the count a resumed run continues from
+        super()._save_checkpoint(model, trial)
