@@ -5,8 +5,11 @@
 #   llama3/                 tokenizer.json.gz, tokenizer_config.json, special_tokens_map.json (Llama 3)
 #   ko_alpaca_data.json.gz  the KoAlpaca subset of ../shared/data
 #   peer_baselines.py, real_length_sft.py   ../shared/bench: the seed recipe and Unsloth references
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-mkdir -p /tmp/u && tar xzf .whl/unsloth-site.tgz -C /tmp/u
+# Once per machine: a call that runs several bench scripts sources this each time (the unpacking takes ~40 s).
+if [ ! -e /tmp/site/.installed ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  mkdir -p /tmp/u && tar xzf .whl/unsloth-site.tgz -C /tmp/u && touch /tmp/site/.installed
+fi
 export PYTHONPATH=/tmp/site:/tmp/u/site:$PWD/src HF_HUB_OFFLINE=1 TQDM_DISABLE=1 PYTHONUNBUFFERED=1 \
   UNSLOTH_DISABLE_STATISTICS=1
 mkdir -p /tmp/tok /tmp/raw
