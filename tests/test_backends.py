@@ -43,6 +43,18 @@ def test_unsloth_backend_leaves_checkpointing_to_unsloth(tmp_path):
         .gradient_checkpointing
 
 
+def test_padding_free_is_always_decided_by_params(tmp_path, monkeypatch):
+    """Unsloth's SFTConfig leaves padding_free unset (None) and then picks padding-free batches itself, which
+    run its decoder layers uncompiled: kotune passes params.yaml's value, true or false, every time."""
+    import trl
+
+    given = []
+    monkeypatch.setattr(trl, "SFTConfig", lambda **kwargs: given.append(kwargs))
+    for value in (False, True):
+        training.sft_config(TrainSection(backend="unsloth", padding_free=value), "cpu", tmp_path, True, False)
+    assert [kwargs["padding_free"] for kwargs in given] == [False, True]
+
+
 def test_train_stage_imports_no_transformers_before_the_backend():
     """Unsloth patches transformers, PEFT and TRL as it is imported: `kotune train` must not import them first."""
     code = ("import sys; from kotune import cli; import kotune.stages.train; "

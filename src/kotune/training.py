@@ -59,7 +59,7 @@ def sft_config(train: TrainSection, device: str, output_dir: Path, conversationa
         gradient_checkpointing=checkpointing, optim=train.optim,
         lr_scheduler_type=train.lr_scheduler_type, warmup_steps=warmup, weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm, max_length=train.max_length, packing=train.packing,
-        pad_to_multiple_of=train.pad_to_multiple_of,
+        padding_free=train.padding_free, pad_to_multiple_of=train.pad_to_multiple_of,
         # Raw text has no assistant turns: the whole text is the target.
         assistant_only_loss=train.assistant_only_loss and conversational,
         bf16=bf16, fp16=fp16, use_cpu=device == "cpu", seed=train.seed, data_seed=train.seed,
