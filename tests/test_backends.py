@@ -43,16 +43,16 @@ def test_unsloth_backend_leaves_checkpointing_to_unsloth(tmp_path):
         .gradient_checkpointing
 
 
-def test_padding_free_is_always_decided_by_params(tmp_path, monkeypatch):
-    """Unsloth's SFTConfig leaves padding_free unset (None) and then picks padding-free batches itself, which
-    run its decoder layers uncompiled: kotune passes params.yaml's value, true or false, every time."""
+def test_padding_free_is_decided_by_kotune_not_by_the_gpu(tmp_path, monkeypatch):
+    """Unsloth's SFTConfig leaves padding_free unset (None) and then picks padded or padding-free batches from
+    the GPU's compute capability: kotune passes TRL's default, false, every time (packing still implies it)."""
     import trl
 
     given = []
     monkeypatch.setattr(trl, "SFTConfig", lambda **kwargs: given.append(kwargs))
-    for value in (False, True):
-        training.sft_config(TrainSection(backend="unsloth", padding_free=value), "cpu", tmp_path, True, False)
-    assert [kwargs["padding_free"] for kwargs in given] == [False, True]
+    for packing in (False, True):
+        training.sft_config(TrainSection(backend="unsloth", packing=packing), "cpu", tmp_path, True, False)
+    assert [kwargs["padding_free"] for kwargs in given] == [False, False]
 
 
 def test_train_stage_imports_no_transformers_before_the_backend():

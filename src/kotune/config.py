@@ -181,9 +181,6 @@ class TrainSection:
     max_grad_norm: float = 1.0
     max_length: int = 512  # tokens per example (or per packed sequence)
     packing: bool = False
-    # true: each batch is one row of its examples end to end, no pad tokens (TRL's padding_free; packing implies
-    # it). Always passed to TRL: left unset, Unsloth picks padding-free on its own, which skips its compiled layers
-    padding_free: bool = False
     # pad every batch to a multiple of this many tokens: fewer distinct shapes for compiled kernels (Unsloth)
     pad_to_multiple_of: int | None = None
     assistant_only_loss: bool = True  # false: loss on prompt tokens too

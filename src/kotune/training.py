@@ -59,7 +59,10 @@ def sft_config(train: TrainSection, device: str, output_dir: Path, conversationa
         gradient_checkpointing=checkpointing, optim=train.optim,
         lr_scheduler_type=train.lr_scheduler_type, warmup_steps=warmup, weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm, max_length=train.max_length, packing=train.packing,
-        padding_free=train.padding_free, pad_to_multiple_of=train.pad_to_multiple_of,
+        # TRL's default, said out loud: Unsloth's SFTConfig leaves it unset and then picks padded or padding-free
+        # batches from the GPU's compute capability, so one params.yaml would train differently on an A100 and an
+        # H100. Packing still turns padding-free on (TRL does that itself).
+        padding_free=False, pad_to_multiple_of=train.pad_to_multiple_of,
         # Raw text has no assistant turns: the whole text is the target.
         assistant_only_loss=train.assistant_only_loss and conversational,
         bf16=bf16, fp16=fp16, use_cpu=device == "cpu", seed=train.seed, data_seed=train.seed,
