@@ -25,12 +25,18 @@ def phase(name: str, function):
     return marked
 
 
+def is_gpu_work(event) -> bool:
+    """A kernel or a copy on the GPU. The profiler also puts each phase's range on the GPU timeline (a user
+    annotation spanning its kernels and the gaps between them), which is neither busy time nor a kernel."""
+    return event.device_type.name == "CUDA" and not event.name.startswith(PREFIX)
+
+
 def report(profiler, steps: int, wall_seconds: float) -> None:
     events = profiler.key_averages()
     print(events.table(sort_by="self_cuda_time_total", row_limit=int(os.environ.get("ROWS", "30")),
                        max_name_column_width=70), flush=True)
     print(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=70), flush=True)
-    kernels = [e for e in profiler.events() if e.device_type.name == "CUDA"]
+    kernels = [e for e in profiler.events() if is_gpu_work(e)]
     busy = sum(e.device_time for e in kernels) / 1e6  # microseconds
     print(f"profiled {steps} steps: wall {wall_seconds / steps * 1e3:.0f} ms/step, GPU kernels "
           f"{busy / steps * 1e3:.0f} ms/step ({busy / wall_seconds:.0%} busy), {len(kernels) // steps} kernels/step",
@@ -40,7 +46,7 @@ def report(profiler, steps: int, wall_seconds: float) -> None:
 
 def idle_by_phase(events, steps: int, threshold_us: float = 5.0) -> None:
     """GPU idle time per step, charged to the host phase that launched the kernel ending each wait."""
-    kernels = sorted((e.time_range.start, e.time_range.end) for e in events if e.device_type.name == "CUDA")
+    kernels = sorted((e.time_range.start, e.time_range.end) for e in events if is_gpu_work(e))
     phases = sorted((e.time_range.start, e.time_range.end, e.name[len(PREFIX):])
                     for e in events if e.device_type.name == "CPU" and e.name.startswith(PREFIX))
     if not kernels:

@@ -1,0 +1,33 @@
+"""bench/profiling.py: GPU idle time charged to the host phase that ended each wait. The profiler puts each
+phase's range on the GPU timeline too; those ranges are not GPU work and must not hide the gaps they span."""
+
+import importlib.util
+from types import SimpleNamespace
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.unit
+
+spec = importlib.util.spec_from_file_location("profiling", ROOT / "bench" / "profiling.py")
+profiling = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(profiling)
+
+
+def event(device, name, start, end):
+    return SimpleNamespace(device_type=SimpleNamespace(name=device), name=name,
+                           time_range=SimpleNamespace(start=start, end=end))
+
+
+def test_idle_gaps_inside_an_annotated_phase_are_counted(capsys):
+    events = [
+        event("CPU", "phase:backward", 0, 1000),
+        event("CUDA", "phase:backward", 10, 1000),  # the phase's range on the GPU timeline
+        event("CUDA", "kernel_a", 10, 100),
+        event("CUDA", "kernel_b", 400, 500),  # 300 us idle before it, while the host was in backward
+    ]
+    profiling.idle_by_phase(events, steps=1)
+    out = capsys.readouterr().out
+    assert "GPU idle 0.3 ms/step" in out
+    assert "backward" in out
