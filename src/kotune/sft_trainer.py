@@ -3,11 +3,10 @@
 TRL turns its per-batch metrics (entropy, token accuracy, token count) into Python numbers right after
 the forward pass (`.item()`, three times per micro-batch), and the Trainer reads each batch's input
 token count back from the GPU after the backward pass. Each of those makes the host wait for the GPU to
-drain. The forward pass is GPU-bound: the host queues kernels faster than the GPU runs them and builds
-a lead. The backward pass (recomputation, compiled backward graphs, 4-bit dequantization) is
-host-bound, and the sync after the forward pass throws that lead away just before it is needed. On the
-8B QLoRA step at 2 x 2,048 tokens, 2,151 GPU waits per step were found in the backward pass
-(bench/profile_train.py, bench/results/2026-11-24-h100-issue6.md).
+drain, which throws away whatever lead the host had built queueing kernels. The backward pass
+(recomputation, compiled backward graphs, 4-bit dequantization) is host-bound: on the 8B QLoRA step at
+2 x 2,048 tokens, 2,151 GPU waits per step were found there (bench/profile_train.py,
+bench/results/2026-11-24-h100-issue6.md). Removing the token count's read alone gave +7% tokens/s.
 
 Here the metrics and the token count stay on the GPU and become numbers when the Trainer logs or
 saves (one sync per logged step), with the same values TRL and the Trainer would log. The loss is
