@@ -96,7 +96,7 @@ ROWS = [
         (*LONG_LEVERS, *length(131072), "train.compile_layers=true", "train.save_attention_layers=7"),
         acceptance=True),
     Row("train.backend unsloth, bs 2 x 2048 packed", 6.82, ISSUE6, (*PACKED, "train.backend=unsloth")),
-    # DATA=full: full-length rows, no packing (fourth session, calls 18-19)
+    # DATA=full: full-length rows, no packing (fourth session, calls 18-19; padding-free batches, Unsloth's choice then)
     Row("train.backend unsloth + fused AdamW, bs 2 x 2048 full-length", 6.91, ISSUE6,
         (*PACKED, "train.packing=false", "train.backend=unsloth", "train.optim=adamw_torch_fused")),
     Row("  + input_embeddings_on_cpu (qlora-24gb-unsloth's levers)", 5.93, ISSUE6,
