@@ -121,8 +121,7 @@ class DeferredMetrics:
         self._pending_input_tokens = self._pending_input_tokens + counted
 
     def _flush_input_tokens(self) -> None:
-        if isinstance(self._pending_input_tokens, torch.Tensor) or self._pending_input_tokens:
-            self.state.num_input_tokens_seen += int(self._pending_input_tokens)
+        self.state.num_input_tokens_seen += int(self._pending_input_tokens)
         self._pending_input_tokens = 0
 
     def _save_checkpoint(self, model, trial) -> None:
