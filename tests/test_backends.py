@@ -67,3 +67,44 @@ def test_gpu_presets_state_a_valid_backend():
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     assert params.train.backend == "transformers"  # the CPU default stays simple
     assert Params().model.attn_implementation == "sdpa"
+
+
+def fake_unsloth(monkeypatch):
+    """Unsloth's FastLanguageModel as far as load_peft_model uses it: get_peft_model sets the precision
+    variable for a 4-bit model, as the real one does (unsloth_zoo.training_utils)."""
+    import types
+
+    class FastLanguageModel:
+        @staticmethod
+        def from_pretrained(**kwargs):
+            return "base", "tokenizer"
+
+        @staticmethod
+        def get_peft_model(base, **kwargs):
+            monkeypatch.setenv("UNSLOTH_MIXED_PRECISION", "float32")
+            return "peft model"
+
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FastLanguageModel))
+    monkeypatch.delenv("UNSLOTH_MIXED_PRECISION", raising=False)
+
+
+@pytest.mark.parametrize(("mixed_precision", "expected"),
+                         [("no", "bfloat16"), ("auto", "float32"), ("bf16", "float32")])
+def test_unsloth_trainer_is_told_to_keep_mixed_precision_off(monkeypatch, mixed_precision, expected):
+    """Unsloth's trainer turns autocast on when SFTConfig asks for none, unless UNSLOTH_MIXED_PRECISION is
+    bfloat16 when it is built: `no` must reach it, set after get_peft_model has written float32."""
+    import os
+
+    fake_unsloth(monkeypatch)
+    params = params_from_dict({"train": {"backend": "unsloth", "mixed_precision": mixed_precision},
+                               "model": {"torch_dtype": "bfloat16"}})
+    assert unsloth_backend.load_peft_model(params, "cuda") == "peft model"
+    assert os.environ["UNSLOTH_MIXED_PRECISION"] == expected
+
+
+def test_unsloth_without_mixed_precision_refuses_a_float16_model(monkeypatch):
+    fake_unsloth(monkeypatch)
+    params = params_from_dict({"train": {"backend": "unsloth", "mixed_precision": "no"},
+                               "model": {"torch_dtype": "float16"}})
+    with pytest.raises(KotuneError, match="without loss scaling"):
+        unsloth_backend.load_peft_model(params, "cuda")

@@ -58,8 +58,25 @@ def load_peft_model(params: Params, device: str):
         )
     except OSError as exc:
         raise KotuneError(hub_unreachable_message("model", model.name_or_path, exc)) from None
-    return FastLanguageModel.get_peft_model(
+    peft_model = FastLanguageModel.get_peft_model(
         base, r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
         target_modules=list(lora.target_modules), bias=lora.bias, use_rslora=lora.use_rslora,
         use_gradient_checkpointing=checkpointing, random_state=train.seed, max_seq_length=train.max_length,
     )
+    keep_mixed_precision_off(train.mixed_precision, torch_dtype(model.torch_dtype, device))
+    return peft_model
+
+
+def keep_mixed_precision_off(mixed_precision: str, dtype) -> None:
+    """`train.mixed_precision: no` means no autocast, the model computing in its own dtype, on both backends.
+    Unsloth's patched SFTTrainer turns bf16 (or fp16) autocast on when SFTConfig asks for neither, unless
+    UNSLOTH_MIXED_PRECISION is `bfloat16`; get_peft_model has just set it to `float32` for a 4-bit model.
+    The trainer reads it once, as it is built, so it is set here, after get_peft_model and before that."""
+    import torch
+
+    if mixed_precision != "no":
+        return
+    if dtype == torch.float16:
+        raise KotuneError("train.mixed_precision no with train.backend unsloth would train a float16 model in float16 "
+                          "without loss scaling; set train.mixed_precision: auto, or model.torch_dtype: bfloat16")
+    os.environ["UNSLOTH_MIXED_PRECISION"] = "bfloat16"
