@@ -42,6 +42,7 @@ def test_unknown_section(tmp_path):
     ("data:\n  columns: {question: Q}\n", "'question' is not a canonical field"),
     ("data:\n  max_tokens: 4096\n", "data.max_tokens (4096) exceeds train.max_length"),
     ("lora:\n  target_modules: q_proj\n", "expected a list"),
+    ("train:\n  mixed_precision: no\n", "False is not one of 'auto', 'bf16', 'fp16', 'no' (YAML reads a bare no"),
 ])
 def test_bad_values_are_errors(tmp_path, text, expected):
     with pytest.raises(ConfigError) as err:

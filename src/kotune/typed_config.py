@@ -98,7 +98,10 @@ def coerce(tp: Any, value: Any, where: str, origin: Origin) -> Any:
     if origin_type is Literal:
         if value not in args:
             choices = ", ".join(repr(a) for a in args)
-            raise ConfigError(f"{origin.at(where)}: {where}: {value!r} is not one of {choices}")
+            # YAML 1.1 (PyYAML) reads a bare no, off, yes or on as a boolean before kotune sees it.
+            hint = (" (YAML reads a bare no/off/yes/on as a boolean: quote it, e.g. 'no')"
+                    if isinstance(value, bool) else "")
+            raise ConfigError(f"{origin.at(where)}: {where}: {value!r} is not one of {choices}{hint}")
         return value
     if origin_type is tuple:
         if not isinstance(value, list | tuple):
