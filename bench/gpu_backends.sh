@@ -75,6 +75,7 @@ declare -A LEVERS=(
   [unsloth]="train.backend=unsloth"
   [unsloth-fused]="train.backend=unsloth train.optim=adamw_torch_fused"
   [unsloth-fused-embcpu]="train.backend=unsloth train.optim=adamw_torch_fused train.input_embeddings_on_cpu=true"
+  [unsloth-fused-embcpu-noamp]="train.backend=unsloth train.optim=adamw_torch_fused train.input_embeddings_on_cpu=true train.mixed_precision='no'"  # quoted: YAML reads a bare no as false
   [unsloth-fused-embcpu-gc]="train.backend=unsloth train.optim=adamw_torch_fused train.input_embeddings_on_cpu=true train.gc_every_n_steps=10"
   [tf-varlen-fused-compile-gc]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true train.gc_every_n_steps=10"
   [unsloth-pad]="train.backend=unsloth train.pad_to_multiple_of=4096"

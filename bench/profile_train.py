@@ -2,7 +2,8 @@
 
 Same arguments as `kotune train`. Builds the trainer through the stage's own functions, profiles steps
 PROFILE_FROM..PROFILE_FROM+3 with torch.profiler and prints the CUDA kernels and CPU ops that take the
-most time (METHOD.md: profile before optimizing). Writes nothing but the stage's checkpoint folder.
+most time (METHOD.md: profile before optimizing); with SYNC_TRACE=1 it counts those steps' host syncs by
+their Python caller instead (profiling.SyncTrace). Writes nothing but the stage's checkpoint folder.
 """
 
 import os
@@ -10,13 +11,14 @@ import time
 from pathlib import Path
 
 import torch
-from profiling import phase, report
+from profiling import SyncTrace, phase, report
 
 from kotune.config import load_params
 from kotune.modeling import resolve_device
 from kotune.stages import train
 
 FIRST = int(os.environ.get("PROFILE_FROM", "6"))
+TRACE_SYNCS = os.environ.get("SYNC_TRACE") == "1"
 
 
 class Profile:  # a transformers TrainerCallback; transformers is imported in main(), after Unsloth
@@ -35,7 +37,10 @@ class Profile:  # a transformers TrainerCallback; transformers is imported in ma
         optimizer.step = phase("optimizer", optimizer.step)
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step == FIRST:
+        if state.global_step == FIRST and TRACE_SYNCS:
+            self.profiler = SyncTrace()
+            self.profiler.start()
+        elif state.global_step == FIRST:
             self.profiler = torch.profiler.profile(
                 activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
             self.profiler.__enter__()
@@ -46,7 +51,10 @@ class Profile:  # a transformers TrainerCallback; transformers is imported in ma
     def on_step_end(self, args, state, control, **kwargs):
         if self.step is not None:
             self.step.__exit__(None, None, None)
-        if self.profiler is not None and state.global_step == FIRST + 3:
+        if self.profiler is not None and state.global_step == FIRST + 3 and TRACE_SYNCS:
+            self.profiler.stop(3)
+            self.profiler = None
+        elif self.profiler is not None and state.global_step == FIRST + 3:
             torch.cuda.synchronize()
             wall = time.perf_counter() - self.started
             self.profiler.__exit__(None, None, None)

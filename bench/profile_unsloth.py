@@ -11,7 +11,7 @@ import sys
 import time
 
 import torch
-from profiling import report
+from profiling import SyncTrace, report
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -37,6 +37,13 @@ def main() -> None:
     for _ in range(3):
         step()
     torch.cuda.synchronize()
+    if os.environ.get("SYNC_TRACE") == "1":  # count the steps' host syncs by caller instead of profiling
+        trace = SyncTrace()
+        trace.start()
+        for _ in range(steps):
+            step()
+        trace.stop(steps)
+        return
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                             torch.profiler.ProfilerActivity.CUDA]) as profiler:
         started = time.perf_counter()

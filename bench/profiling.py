@@ -8,8 +8,12 @@ wait was launched: that phase is what kept the GPU waiting (a host sync before i
 than the kernels it queues)."""
 
 import bisect
+import collections
 import functools
 import os
+import traceback
+import warnings
+from pathlib import Path
 
 import torch
 
@@ -75,3 +79,39 @@ def idle_by_phase(events, steps: int, threshold_us: float = 5.0) -> None:
           "ended each wait:", flush=True)
     for name, micros in sorted(idle.items(), key=lambda item: -item[1]):
         print(f"  {name:<28} {micros / steps / 1e3:7.1f} ms/step  {waits[name] / steps:7.0f} waits/step", flush=True)
+
+
+SYNC_WARNING = "called a synchronizing CUDA operation"  # what torch.cuda.set_sync_debug_mode("warn") says
+
+
+class SyncTrace:
+    """Counts the host syncs of a stretch of steps by where in Python they were asked for: CUDA's sync
+    debug mode warns at every synchronizing call (`.item()`, a blocking copy, nonzero...), and each
+    warning's Python stack names the caller. A sync in the backward pass surfaces at `backward()`: the
+    autograd engine hands its threads' warnings to the caller when it returns."""
+
+    def __init__(self, frames: int = 4):
+        self.frames, self.counts, self.catcher = frames, collections.Counter(), None
+
+    def start(self) -> None:
+        self.catcher = warnings.catch_warnings()
+        self.catcher.__enter__()
+        warnings.simplefilter("always")  # every sync, not the first per call site
+        self.shown, warnings.showwarning = warnings.showwarning, self.record
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def record(self, message, category, filename, lineno, file=None, line=None) -> None:
+        if SYNC_WARNING not in str(message):  # other warnings of the steps (a deprecation...) are not syncs
+            return self.shown(message, category, filename, lineno, file, line)
+        stack = [f for f in traceback.extract_stack()[:-1]
+                 if "/torch/" not in f.filename and f.filename not in (__file__, warnings.__file__)]
+        where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(stack[-self.frames:]))
+        self.counts[where] += 1
+
+    def stop(self, steps: int) -> None:
+        torch.cuda.set_sync_debug_mode(0)
+        self.catcher.__exit__(None, None, None)
+        total = sum(self.counts.values())
+        print(f"host syncs: {total / steps:.1f} per step over {steps} steps", flush=True)
+        for where, count in self.counts.most_common():
+            print(f"  {count / steps:5.1f}/step at {where}", flush=True)

@@ -31,3 +31,28 @@ def test_idle_gaps_inside_an_annotated_phase_are_counted(capsys):
     out = capsys.readouterr().out
     assert "GPU idle 0.3 ms/step" in out
     assert "backward" in out
+
+
+def a_synchronizing_call():
+    import warnings
+
+    warnings.warn("called a synchronizing CUDA operation", stacklevel=1)
+
+
+def test_sync_trace_names_the_caller_of_each_sync(monkeypatch, capsys):
+    import warnings
+
+    modes = []
+    monkeypatch.setattr(profiling.torch.cuda, "set_sync_debug_mode", modes.append)
+    trace = profiling.SyncTrace()
+    trace.start()
+    for _ in range(4):
+        a_synchronizing_call()
+    warnings.warn("the use_reentrant parameter should be passed explicitly", stacklevel=1)  # shown, not counted
+    trace.stop(steps=2)
+    out = capsys.readouterr().out
+    assert modes == ["warn", 0]
+    assert "host syncs: 2.0 per step over 2 steps" in out
+    assert "2.0/step at test_bench_profiling.py:" in out
+    assert "a_synchronizing_call <- test_bench_profiling.py" in out
+    assert "use_reentrant" not in out
