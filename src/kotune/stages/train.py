@@ -119,7 +119,7 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
         log.info("input embeddings in CPU memory: %.2f GiB less on the GPU", freed / 2**30)
     # Read back from the trainer: Unsloth's copy of it may have changed what SFTConfig asked for.
     log.info("mixed precision: %s", "bf16 autocast" if trainer.args.bf16 else "fp16 autocast" if trainer.args.fp16
-             else f"none (the model computes in {trainer.model.dtype})")
+             else "none (no autocast: each layer computes in its own weights' dtype)")
     # First, so its figures are in the log dict before the progress output and TensorBoard read it.
     trainer.callback_handler.callbacks.insert(0, training.StepStats(device))
     every, saving = params.train.checkpoint_every_n_layers, params.train.save_attention_layers
