@@ -1,5 +1,6 @@
 """The speed options' guards on a machine without CUDA or Unsloth: clear errors, never a silent fallback."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,8 +94,6 @@ def fake_unsloth(monkeypatch):
 def test_unsloth_trainer_is_told_to_keep_mixed_precision_off(monkeypatch, mixed_precision, expected):
     """Unsloth's trainer turns autocast on when SFTConfig asks for none, unless UNSLOTH_MIXED_PRECISION is
     bfloat16 when it is built: `no` must reach it, set after get_peft_model has written float32."""
-    import os
-
     fake_unsloth(monkeypatch)
     params = params_from_dict({"train": {"backend": "unsloth", "mixed_precision": mixed_precision},
                                "model": {"torch_dtype": "bfloat16"}})
