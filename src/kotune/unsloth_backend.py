@@ -47,10 +47,11 @@ def load_peft_model(params: Params, device: str):
         log.info("model.attn_implementation %s is not used: Unsloth picks its own attention kernels",
                  model.attn_implementation)
     checkpointing = "unsloth" if train.gradient_checkpointing else False  # "unsloth": offloads to CPU RAM
+    dtype = torch_dtype(model.torch_dtype, device)
     try:
         base, _ = FastLanguageModel.from_pretrained(
             model_name=model.name_or_path, revision=model.revision, trust_remote_code=model.trust_remote_code,
-            max_seq_length=train.max_length, dtype=torch_dtype(model.torch_dtype, device),
+            max_seq_length=train.max_length, dtype=dtype,
             load_in_4bit=quant.load_in_4bit, quantization_config=bnb_config(quant, device),
             use_gradient_checkpointing=checkpointing, random_state=train.seed,
             # The model named in params.yaml, not a pre-quantized unsloth/* copy: provenance stays true.
@@ -63,7 +64,7 @@ def load_peft_model(params: Params, device: str):
         target_modules=list(lora.target_modules), bias=lora.bias, use_rslora=lora.use_rslora,
         use_gradient_checkpointing=checkpointing, random_state=train.seed, max_seq_length=train.max_length,
     )
-    keep_mixed_precision_off(train.mixed_precision, torch_dtype(model.torch_dtype, device))
+    keep_mixed_precision_off(train.mixed_precision, dtype)
     return peft_model
 
 
