@@ -38,7 +38,7 @@ class Profile:  # a transformers TrainerCallback; transformers is imported in ma
 
     def on_step_begin(self, args, state, control, **kwargs):
         if state.global_step == FIRST and TRACE_SYNCS:
-            self.profiler = SyncTrace()
+            self.profiler = SyncTrace()  # counts syncs instead of profiling (SYNC_TRACE=1)
             self.profiler.start()
         elif state.global_step == FIRST:
             self.profiler = torch.profiler.profile(
@@ -51,18 +51,19 @@ class Profile:  # a transformers TrainerCallback; transformers is imported in ma
     def on_step_end(self, args, state, control, **kwargs):
         if self.step is not None:
             self.step.__exit__(None, None, None)
-        if self.profiler is not None and state.global_step == FIRST + 3 and TRACE_SYNCS:
+        if self.profiler is None or state.global_step != FIRST + 3:
+            return
+        if TRACE_SYNCS:
             self.profiler.stop(3)
-            self.profiler = None
-        elif self.profiler is not None and state.global_step == FIRST + 3:
+        else:
             torch.cuda.synchronize()
             wall = time.perf_counter() - self.started
             self.profiler.__exit__(None, None, None)
             report(self.profiler, 3, wall)
-            self.profiler = None
             # Between steps only what lives across steps is allocated: weights, LoRA, optimizer state.
             print(f"allocated between steps {torch.cuda.memory_allocated() / 2**30:.2f} GiB, peak "
                   f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", flush=True)
+        self.profiler = None
 
 
 def main() -> None:
