@@ -117,6 +117,11 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
 
         freed = move_input_embeddings_to_cpu(trainer.model)
         log.info("input embeddings in CPU memory: %.2f GiB less on the GPU", freed / 2**30)
+    from kotune import static_lm_head
+
+    base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    log.info("LM head: %s", "every position in one shape (no host syncs)" if static_lm_head.install(base)
+             else "TRL's fused head")
     # Read back from the trainer: Unsloth's copy of it may have changed what SFTConfig asked for.
     log.info("mixed precision: %s", "bf16 autocast" if trainer.args.bf16 else "fp16 autocast" if trainer.args.fp16
              else "none (no autocast: each layer computes in its own weights' dtype)")
