@@ -86,7 +86,9 @@ for lever in ${RUNS:-tf-sdpa tf-varlen tf-varlen-liger unsloth}; do
   rm -rf "/tmp/c-$name" "/tmp/a-$name"  # a run of an earlier pass must not be resumed
   # shellcheck disable=SC2086
   python3 bench/set_params.py "/tmp/$name.yaml" "${common[@]}" ${LEVERS[$lever]}
-  timeout "${RUN_TIMEOUT:-240}" python3 -m kotune train --params "/tmp/$name.yaml" --data /tmp/processed \
+  # HOST_LOAD=1: host_<run>.txt, the CPU each of the run's threads used and waited for (bench/host_load.py)
+  wrap=(); [ "${HOST_LOAD:-0}" = 1 ] && wrap=(python3 bench/host_load.py --out "$OUT/host_$name.txt" --series "$OUT/host_$name.csv" --tail "${HOST_TAIL:-15}" --)
+  "${wrap[@]}" timeout "${RUN_TIMEOUT:-240}" python3 -m kotune train --params "/tmp/$name.yaml" --data /tmp/processed \
     --adapter "/tmp/a-$name" --checkpoints "/tmp/c-$name" --tensorboard "/tmp/tb-$name" \
     --metrics "$OUT/kotune_$name.json" --plots "/tmp/p-$name" > "$OUT/log_$name.txt" 2>&1
   echo "$name: exit $?"; grep -E "kotune.train: done|Error|error" "$OUT/log_$name.txt" | tail -3
