@@ -1,4 +1,4 @@
-"""TRL's fused LM head, fed every position: no host syncs in the loss.
+"""TRL's fused LM head, fed every position: no gathers, so none of the host syncs they make.
 
 TRL's SFTTrainer scores the next-token labels through a fused LM head (`trl.trainer.utils.add_fused_lm_head`).
 On a GPU it first gathers the positions that have a label (`hidden_states[mask]`, `labels[mask]`) and
@@ -40,7 +40,8 @@ def install(model) -> bool:
     import trl.trainer.utils as trl_utils
 
     config = model.config.get_text_config()
-    if not skips_unlabelled(trl_utils._ChunkedLogProbFunction) or getattr(config, "output_router_logits", False) \
+    kernel = getattr(trl_utils, "_ChunkedLogProbFunction", None)  # None: a TRL without the fused head
+    if not skips_unlabelled(kernel) or getattr(config, "output_router_logits", False) \
             or any(getattr(config, name, None) is not None for name in LOGIT_TRANSFORMS):
         return False
     trl_forward = model.forward

@@ -120,7 +120,8 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
     from kotune import static_lm_head
 
     base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
-    log.info("LM head: %s", "every position in one shape (no host syncs)" if static_lm_head.install(base)
+    fed_every_position = static_lm_head.install(base)
+    log.info("LM head: %s", "every position in one shape (no gathers: 4 fewer host syncs)" if fed_every_position
              else "TRL's fused head")
     # Read back from the trainer: Unsloth's copy of it may have changed what SFTConfig asked for.
     log.info("mixed precision: %s", "bf16 autocast" if trainer.args.bf16 else "fp16 autocast" if trainer.args.fp16
