@@ -30,6 +30,11 @@ def build(work, tiny_model_dir, processed, **train_params):
     return trainer
 
 
+def logged_rows(trainer) -> list[dict]:
+    """The tracked figures of each training log line."""
+    return [{k: h[k] for k in TRACKED} for h in trainer.state.log_history if "loss" in h]
+
+
 def run(trainer):
     """Trains; returns the logged rows, (tokens seen, total FLOPs, parameter counts) and the values the
     trainers' own code read back from the device in training-mode compute_loss and in the per-micro-batch
@@ -59,8 +64,7 @@ def run(trainer):
     count_parameters = trainer.model.num_parameters
     trainer.model.num_parameters = lambda *a, **k: counts.append(1) or count_parameters(*a, **k)
     trainer.train()
-    rows = [{k: h[k] for k in TRACKED} for h in trainer.state.log_history if "loss" in h]
-    return rows, (trainer.state.num_input_tokens_seen, trainer.state.total_flos, len(counts)), reads
+    return logged_rows(trainer), (trainer.state.num_input_tokens_seen, trainer.state.total_flos, len(counts)), reads
 
 
 def test_logs_what_trl_logs_without_reading_the_device_in_the_loss(tmp_path, tiny_model_dir, processed,

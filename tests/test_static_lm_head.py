@@ -8,7 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from kotune import static_lm_head
-from tests.test_sft_trainer import TRACKED, build
+from tests.test_sft_trainer import TRACKED, build, logged_rows
 
 pytestmark = pytest.mark.unit
 
@@ -57,7 +57,7 @@ def train(trainer):
     shapes = DataDependentShapes()
     with shapes:
         trainer.train()
-    return [{k: h[k] for k in TRACKED} for h in trainer.state.log_history if "loss" in h], shapes.seen
+    return logged_rows(trainer), shapes.seen
 
 
 def test_trains_and_logs_like_trls_head_without_gathering(tmp_path, tiny_model_dir, processed, trl_gathers,
