@@ -34,11 +34,12 @@ LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier
 
 
 def install(model) -> bool:
-    """Wrap `model.forward`, already patched by TRL's add_fused_lm_head, so that its fused calls score every
-    position. Returns False, leaving the model alone, where that would cost more than the syncs it saves
-    (TRL's own kernel) or where TRL's head transforms the logits."""
+    """Wrap the forward that TRL's add_fused_lm_head patched (the base model's, under a PEFT wrapper) so that
+    its fused calls score every position. Returns False, leaving the model alone, where that would cost
+    more than the syncs it saves (TRL's own kernel) or where TRL's head transforms the logits."""
     import trl.trainer.utils as trl_utils
 
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model  # where TRL put its head
     config = model.config.get_text_config()
     kernel = getattr(trl_utils, "_ChunkedLogProbFunction", None)  # None: a TRL without the fused head
     if not skips_unlabelled(kernel) or getattr(config, "output_router_logits", False) \

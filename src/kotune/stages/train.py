@@ -119,8 +119,7 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
         log.info("input embeddings in CPU memory: %.2f GiB less on the GPU", freed / 2**30)
     from kotune import static_lm_head
 
-    base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
-    fed_every_position = static_lm_head.install(base)
+    fed_every_position = static_lm_head.install(trainer.model)
     log.info("LM head: %s", "every position in one shape (no gathers: 4 fewer host syncs)" if fed_every_position
              else "TRL's fused head")
     # Read back from the trainer: Unsloth's copy of it may have changed what SFTConfig asked for.
