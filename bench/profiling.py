@@ -9,9 +9,10 @@ than the kernels it queues)."""
 
 import bisect
 import collections
+import dis
 import functools
 import os
-import traceback
+import sys
 import warnings
 from pathlib import Path
 
@@ -84,6 +85,25 @@ def idle_by_phase(events, steps: int, threshold_us: float = 5.0) -> None:
 SYNC_WARNING = "called a synchronizing CUDA operation"  # what torch.cuda.set_sync_debug_mode("warn") says
 
 
+def _callers(frame):
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
+
+
+def _where(frame) -> str:
+    """file:line function; for code compiled from a string (Unsloth's training loop), which has no source to
+    point at, also the names that line loads, which say what it calls."""
+    code, line = frame.f_code, frame.f_lineno
+    where = f"{Path(code.co_filename).name}:{line} {code.co_name}"
+    if code.co_filename.startswith("<"):
+        names = dict.fromkeys(str(i.argval) for i in dis.get_instructions(code)
+                              if i.positions and i.positions.lineno == line and i.opname.startswith("LOAD_")
+                              and isinstance(i.argval, str))
+        where += f" [{' '.join(names)}]"
+    return where
+
+
 class SyncTrace:
     """Counts the host syncs of a stretch of steps by where in Python they were asked for: CUDA's sync
     debug mode warns at every synchronizing call (`.item()`, a blocking copy, nonzero...), and each
@@ -103,9 +123,9 @@ class SyncTrace:
     def record(self, message, category, filename, lineno, file=None, line=None) -> None:
         if SYNC_WARNING not in str(message):  # other warnings of the steps (a deprecation...) are not syncs
             return self.shown(message, category, filename, lineno, file, line)
-        stack = [f for f in traceback.extract_stack()[:-1]
-                 if "/torch/" not in f.filename and f.filename not in (__file__, warnings.__file__)]
-        where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(stack[-self.frames:]))
+        stack = [f for f in _callers(sys._getframe(1))
+                 if "/torch/" not in f.f_code.co_filename and f.f_code.co_filename not in (__file__, warnings.__file__)]
+        where = " <- ".join(_where(f) for f in stack[:self.frames])
         self.counts[where] += 1
 
     def stop(self, steps: int) -> None:

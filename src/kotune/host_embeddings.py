@@ -7,11 +7,29 @@ sends them to the GPU: 32 MiB per step instead of 1 GiB held for the whole run. 
 values, so the loss does not change.
 
 Not for models whose output head shares the table (tied embeddings): the head needs it on the GPU.
+
+The lookup needs the token ids on the CPU. By the time the model runs, accelerate's dataloader has
+moved the batch to the GPU, and copying the ids back makes the host wait for the GPU to drain the
+previous step: the queue of kernels the host had built is gone (bench/results/2026-11-24-h100-issue6.md,
+the sync traces). So the collator's own CPU copy of the ids rides along in the batch, under a key no
+device move touches, and a hook on the model hands it to the lookup.
 """
 
 from __future__ import annotations
 
 import torch
+
+HOST_IDS = "kotune_input_ids_on_host"  # the batch key under which the collator's CPU ids ride to the model
+
+
+class IdsOnHost:
+    """A batch's token ids as the collator made them, in CPU memory. Neither a tensor nor anything with a
+    `.to`, so accelerate's `send_to_device` and the Trainer's `_prepare_inputs` leave it where it is."""
+
+    __slots__ = ("ids",)
+
+    def __init__(self, ids: torch.Tensor):
+        self.ids = ids
 
 
 class HostEmbedding(torch.nn.Module):
@@ -24,6 +42,8 @@ class HostEmbedding(torch.nn.Module):
         self.table = embedding.weight.detach().to("cpu")
         self.padding_idx, self.target = embedding.padding_idx, device
         self.num_embeddings, self.embedding_dim = self.table.shape
+        self.ids_on_host: torch.Tensor | None = None  # this forward's ids, set by the model's pre-hook
+        self.lookups_without_host_ids = 0  # copied their ids back from the device instead (on a GPU: a host sync)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -31,7 +51,11 @@ class HostEmbedding(torch.nn.Module):
         return self.table
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        ids = input_ids.to("cpu").reshape(-1)
+        ids, self.ids_on_host = self.ids_on_host, None  # used once: a later call (generation) brings its own
+        if ids is None or ids.shape != input_ids.shape:
+            self.lookups_without_host_ids += 1
+            ids = input_ids.to("cpu")  # waits for the GPU to finish everything queued before this copy
+        ids = ids.reshape(-1)
         # Gathered straight into pinned memory (torch's host allocator caches it across steps), so the copy to
         # the GPU below needs no staging copy and does not hold the host up.
         rows = torch.empty((ids.numel(), self.embedding_dim), dtype=self.table.dtype,
@@ -41,6 +65,37 @@ class HostEmbedding(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, on the CPU, rows sent to {self.target}"
+
+
+def keep_input_embeddings_on_cpu(trainer) -> int:
+    """Swap the trainer's model's input embedding for a HostEmbedding and have every batch bring its ids in
+    CPU memory; returns the bytes this frees on the GPU."""
+    freed = move_input_embeddings_to_cpu(trainer.model)
+    trainer.data_collator = with_ids_on_host(trainer.data_collator)
+    host = trainer.model.get_input_embeddings()
+
+    def hand_over_ids(module, args, kwargs):
+        # Popped on every call, so the key never reaches the model's forward, and set on every call, so a
+        # forward without it (generation) never sees an earlier batch's ids.
+        carried = kwargs.pop(HOST_IDS, None)
+        host.ids_on_host = carried.ids if isinstance(carried, IdsOnHost) else None
+        return args, kwargs
+
+    trainer.model.register_forward_pre_hook(hand_over_ids, with_kwargs=True)
+    return freed
+
+
+def with_ids_on_host(collator):
+    """The collator, with each batch's CPU token ids added under HOST_IDS."""
+
+    def collate(examples):
+        batch = collator(examples)
+        ids = batch.get("input_ids")
+        if isinstance(ids, torch.Tensor) and ids.device.type == "cpu":
+            batch[HOST_IDS] = IdsOnHost(ids)
+        return batch
+
+    return collate
 
 
 def move_input_embeddings_to_cpu(model) -> int:

@@ -113,9 +113,9 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
         ],
     )
     if params.train.input_embeddings_on_cpu:
-        from kotune.host_embeddings import move_input_embeddings_to_cpu
+        from kotune.host_embeddings import keep_input_embeddings_on_cpu
 
-        freed = move_input_embeddings_to_cpu(trainer.model)
+        freed = keep_input_embeddings_on_cpu(trainer)
         log.info("input embeddings in CPU memory: %.2f GiB less on the GPU", freed / 2**30)
     from kotune import static_lm_head
 
