@@ -85,6 +85,11 @@ def idle_by_phase(events, steps: int, threshold_us: float = 5.0) -> None:
 SYNC_WARNING = "called a synchronizing CUDA operation"  # what torch.cuda.set_sync_debug_mode("warn") says
 
 
+# torch's own frames are left out of the callers; by its folder, as torch can itself be installed under a
+# folder named torch (/opt/torch/.venv/... on the device), with transformers and everything else beside it.
+TORCH_DIR = str(Path(torch.__file__).parent) + os.sep
+
+
 def _callers(frame):
     while frame is not None:
         yield frame
@@ -124,7 +129,8 @@ class SyncTrace:
         if SYNC_WARNING not in str(message):  # other warnings of the steps (a deprecation...) are not syncs
             return self.shown(message, category, filename, lineno, file, line)
         stack = [f for f in _callers(sys._getframe(1))
-                 if "/torch/" not in f.f_code.co_filename and f.f_code.co_filename not in (__file__, warnings.__file__)]
+                 if not f.f_code.co_filename.startswith(TORCH_DIR)
+                 and f.f_code.co_filename not in (__file__, warnings.__file__)]
         where = " <- ".join(_where(f) for f in stack[:self.frames])
         self.counts[where] += 1
 

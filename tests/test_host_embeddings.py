@@ -69,7 +69,8 @@ def test_a_call_without_the_batch_key_looks_up_its_own_ids(tiny_model_dir):
     assert host.lookups_without_host_ids == 0
     model(input_ids=torch.tensor([[4, 5, 6]]))  # as generation calls it: no carried ids, and not the last batch's
     assert host.lookups_without_host_ids == 1
-    assert torch.equal(rows[0], table[torch.tensor([[1, 2, 3]])]) and torch.equal(rows[1], table[torch.tensor([[4, 5, 6]])])
+    assert torch.equal(rows[0], table[torch.tensor([[1, 2, 3]])])
+    assert torch.equal(rows[1], table[torch.tensor([[4, 5, 6]])])
 
 
 def test_the_table_stays_on_the_cpu_when_the_model_moves():
