@@ -11,12 +11,12 @@ from tests.conftest import DATA, FAST, params_file, stage_args
 pytestmark = pytest.mark.unit
 
 
-def trained_losses(work, tiny_model_dir, processed, **train_keys):
+def trained_losses(work, tiny_model_dir, processed, device="cpu", **train_keys):
     work.mkdir()
     params = load_params(params_file(work / "params.yaml", tiny_model_dir, data=DATA, train={
-        **FAST, "max_steps": 3, "gradient_checkpointing": True, **train_keys}))
+        **FAST, "max_steps": 3, "gradient_checkpointing": True, "device": device, **train_keys}))
     args = train.parse_args(stage_args(work, work / "params.yaml", processed))
-    trainer, _, _ = train.build_trainer(params, args, "cpu", "test", train.load_data(processed))
+    trainer, _, _ = train.build_trainer(params, args, device, "test", train.load_data(processed))
     trainer.train()
     return trainer, [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
@@ -37,6 +37,16 @@ def test_same_losses_with_the_table_in_cpu_memory(tmp_path, tiny_model_dir, proc
     assert not any("embed_tokens" in name for name in names)  # model.to(device) must not move it back
     assert len(got) == len(want) == 3
     assert got == want
+
+
+@pytest.mark.gpu
+def test_on_cuda_no_batch_copies_its_ids_back(tmp_path, tiny_model_dir, processed):
+    """accelerate moves each batch to the GPU; the ids the collator made must still reach the lookup."""
+    _, want = trained_losses(tmp_path / "gpu", tiny_model_dir, processed, device="cuda")
+    trainer, got = trained_losses(tmp_path / "cpu", tiny_model_dir, processed, device="cuda",
+                                  input_embeddings_on_cpu=True)
+    assert trainer.model.get_input_embeddings().lookups_without_host_ids == 0
+    assert got == pytest.approx(want, rel=1e-3)
 
 
 def test_refuses_a_table_the_output_head_shares(tiny_model_dir):
