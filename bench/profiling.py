@@ -13,6 +13,7 @@ import dis
 import functools
 import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
@@ -90,12 +91,6 @@ SYNC_WARNING = "called a synchronizing CUDA operation"  # what torch.cuda.set_sy
 TORCH_DIR = str(Path(torch.__file__).parent) + os.sep
 
 
-def _callers(frame):
-    while frame is not None:
-        yield frame
-        frame = frame.f_back
-
-
 def _where(frame) -> str:
     """file:line function; for code compiled from a string (Unsloth's training loop), which has no source to
     point at, also the names that line loads, which say what it calls."""
@@ -128,7 +123,8 @@ class SyncTrace:
     def record(self, message, category, filename, lineno, file=None, line=None) -> None:
         if SYNC_WARNING not in str(message):  # other warnings of the steps (a deprecation...) are not syncs
             return self.shown(message, category, filename, lineno, file, line)
-        stack = [f for f in _callers(sys._getframe(1))
+        # From this method's caller (given, since walk_stack's own starting frame differs between Pythons).
+        stack = [f for f, _ in traceback.walk_stack(sys._getframe(1))
                  if not f.f_code.co_filename.startswith(TORCH_DIR)
                  and f.f_code.co_filename not in (__file__, warnings.__file__)]
         where = " <- ".join(_where(f) for f in stack[:self.frames])
