@@ -1,9 +1,10 @@
 """`train.backend: unsloth`: the same train stage (data, SFTConfig, checkpoints, metrics) with the model
 loaded and LoRA-wrapped by Unsloth (fused 4-bit LoRA kernels, offloaded gradient checkpointing).
 Measured on an H100 (bench/results/2026-11-24-h100-issue6.md): on full-length rows, with fused AdamW
-and the input embeddings in CPU memory, kotune's leanest and fastest path (9,956-9,998 tokens/s at 6.04 GiB,
-conf/train/qlora-24gb-unsloth.yaml); on short packed chats slower than kotune's own path (3,604
-against 7,752 tokens/s), so the other presets do not use it.
+and the input embeddings in CPU memory, kotune's leanest and fastest path (0.90-1.03x Unsloth's own
+loop over six hosts, best 9,998 tokens/s, at 6.04 GiB; conf/train/qlora-24gb-unsloth.yaml); on short
+packed chats slower than kotune's own path (3,604 against 7,752 tokens/s), so the other presets do
+not use it.
 
 Optional: Unsloth pins older transformers/trl/datasets than requirements.lock, so it is installed on
 its own (`pip install -r requirements-unsloth.txt`, or the image's `--build-arg BACKEND=unsloth`).
