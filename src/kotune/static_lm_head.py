@@ -80,9 +80,8 @@ def score(hidden: torch.Tensor, head, labels: torch.Tensor, num_items_in_batch=N
 
     kernel = trl_utils._ChunkedLogProbFunction  # looked up per call: Unsloth swaps its own kernel in
     mask = labels != -100
-    # TRL's kernel indexes the vocabulary with every target, so unlabelled rows get token 0 and are zeroed below.
-    targets = labels if skips_unlabelled(kernel) else labels.clamp(min=0)
-    per_token = kernel.apply(hidden.reshape(-1, hidden.size(-1)), head.weight, head.bias, targets.reshape(-1),
+    # Only installed with a kernel that skips targets out of range (-100) itself: the labels go in as they are.
+    per_token = kernel.apply(hidden.reshape(-1, hidden.size(-1)), head.weight, head.bias, labels.reshape(-1),
                              1.0, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0, SFT_OUTPUTS)
     log_probs, entropy, _, _, is_top1 = (None if x is None else x.view(mask.shape).masked_fill(~mask, 0)
                                          for x in per_token)
