@@ -181,6 +181,10 @@ class TrainSection:
     max_grad_norm: float = 1.0
     max_length: int = 512  # tokens per example (or per packed sequence)
     packing: bool = False
+    # group_by_length: each batch drawn from examples of similar length (transformers' LengthGroupedSampler:
+    # shuffled, then sorted within mega-batches of 50 batches, the longest batch first), so padded batches carry
+    # less padding. Reproducible: it draws from the run's seed. Packing leaves nothing to group.
+    train_sampling_strategy: Literal["random", "group_by_length"] = "random"
     # pad every batch to a multiple of this many tokens: fewer distinct shapes for compiled kernels (Unsloth)
     pad_to_multiple_of: int | None = None
     assistant_only_loss: bool = True  # false: loss on prompt tokens too
@@ -225,6 +229,9 @@ class TrainSection:
         if self.input_embeddings_on_cpu and self.num_processes > 1:
             raise ValueError("input_embeddings_on_cpu is for one process: under DDP/FSDP every module's tensors "
                              "live on its GPU")
+        if self.train_sampling_strategy == "group_by_length" and self.packing:
+            raise ValueError("train_sampling_strategy group_by_length with packing: packed rows are all about "
+                             "max_length long, so there is nothing to group; use one or the other")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise ValueError("pad_to_multiple_of must be >= 1 or null")
         if self.max_steps == 0 or self.max_steps < -1:

@@ -63,6 +63,7 @@ def sft_config(train: TrainSection, device: str, output_dir: Path, conversationa
         # batches from the GPU's compute capability, so one params.yaml would train differently on an A100 and an
         # H100. Packing still turns padding-free on (TRL does that itself).
         padding_free=False, pad_to_multiple_of=train.pad_to_multiple_of,
+        train_sampling_strategy=train.train_sampling_strategy,
         # Raw text has no assistant turns: the whole text is the target.
         assistant_only_loss=train.assistant_only_loss and conversational,
         bf16=bf16, fp16=fp16, use_cpu=device == "cpu", seed=train.seed, data_seed=train.seed,
