@@ -75,6 +75,9 @@ declare -A LEVERS=(
   # from the longest to the shortest within each mega-batch of 50 batches
   [tf-sdpa-fused-bs16]="train.optim=adamw_torch_fused train.packing=false train.per_device_train_batch_size=16"
   [tf-sdpa-fused-bs16-grouped]="train.optim=adamw_torch_fused train.packing=false train.per_device_train_batch_size=16 train.train_sampling_strategy=group_by_length"
+  [tf-sdpa-fused-compile-bs16]="train.optim=adamw_torch_fused train.compile_layers=true train.packing=false train.per_device_train_batch_size=16"
+  [unsloth-fused-bs16]="train.backend=unsloth train.optim=adamw_torch_fused train.packing=false train.per_device_train_batch_size=16"
+  [unsloth-fused-bs16-grouped]="train.backend=unsloth train.optim=adamw_torch_fused train.packing=false train.per_device_train_batch_size=16 train.train_sampling_strategy=group_by_length"
   [tf-sdpa-fused-compile-bs16-grouped]="train.optim=adamw_torch_fused train.compile_layers=true train.packing=false train.per_device_train_batch_size=16 train.train_sampling_strategy=group_by_length"
   # conf/train/qlora-80gb.yaml's shape: one 4,096-token packed row, LoRA r64
   [preset-80gb-compile]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.checkpoint_every_n_layers=2 train.compile_layers=true train.per_device_train_batch_size=1 train.max_length=4096 lora.lora_r=64 lora.lora_alpha=128"
