@@ -1,8 +1,9 @@
 """Tables of a bench run: python bench/summarize.py OUT_DIR > table.md
 
 Reads every `kotune_*.json` (metrics/train.json of a `kotune train` run) in OUT_DIR and prints steady
-tokens/s, peak memory and MFU: 4 · N_mm FLOPs per trained token (forward 2·N, backward through frozen
-weights 2·N; LoRA's own FLOPs are under 1%) over the GPU's dense bf16 peak. With `steps_*.csv`, it
+tokens/s (real tokens), whole-run tokens/s without and with padding, allocated and reserved peak memory
+and MFU: 4 · N_mm FLOPs per trained token (forward 2·N, backward through frozen weights 2·N; LoRA's own
+FLOPs are under 1%) over the GPU's dense bf16 peak. With `steps_*.csv`, it
 compares each run's per-step loss with the first run's (speed must not change the math). The peers'
 JSON from ../shared/bench (unsloth.json, real-*.json) are listed below when present.
 """
@@ -29,19 +30,29 @@ def loss_gap(out: Path, name: str, reference: str) -> str:
     return f"{max(abs(a - b) / abs(b) for a, b in pairs):.2%} max over {len(pairs)} steps" if pairs else ""
 
 
+def optional(metrics: dict, key: str, spec: str) -> str:
+    """A figure that runs of older code (or the CPU) do not have: blank then."""
+    value = metrics.get(key)
+    return "" if value is None else format(value, spec)
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     gpu = (out / "gpu.txt").read_text() if (out / "gpu.txt").exists() else "H100"
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), 989e12)
     runs = sorted(out.glob("kotune_*.json"), key=lambda p: p.stat().st_mtime)
     reference = runs[0].stem.removeprefix("kotune_") if runs else ""
-    print("| run | steady tok/s | whole-run tok/s | peak GiB | MFU | load s | loss vs first run |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | steady tok/s | whole-run tok/s | whole-run, padding included | peak GiB | reserved GiB | MFU "
+          "| load s | loss vs first run |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for path in runs:
         m, name = json.loads(path.read_text()), path.stem.removeprefix("kotune_")
         steady = m.get("steady_tokens_per_second") or 0
-        print(f"| {name} | {steady:,.0f} | {m['tokens_per_second']:,.0f} | {m['peak_memory_gib']:.2f} | "
-              f"{steady * 4 * N_MM_8B / peak:.1%} | {m['model_load_seconds']} | {loss_gap(out, name, reference)} |")
+        padded = optional(m, "padded_tokens_per_second", ",.0f")
+        reserved = optional(m, "peak_reserved_memory_gib", ".2f")
+        print(f"| {name} | {steady:,.0f} | {m['tokens_per_second']:,.0f} | {padded} | {m['peak_memory_gib']:.2f} "
+              f"| {reserved} | {steady * 4 * N_MM_8B / peak:.1%} | {m['model_load_seconds']} "
+              f"| {loss_gap(out, name, reference)} |")
     peers = sorted(out.glob("unsloth*.json")) + sorted(out.glob("seed*.json")) + sorted(out.glob("real-*.json"))
     if peers:
         print("\n| peer run (../shared/bench) | tok/s | peak GiB |\n|---|---|---|")

@@ -106,3 +106,17 @@ def test_a_checkpoint_between_log_lines_saves_the_tokens_seen_so_far(tmp_path, t
     monkeypatch.setattr(kotune.sft_trainer, "trainer_class", lambda: trl.SFTTrainer)
     want = tokens_at_step_3(build(tmp_path / "trl", tiny_model_dir, processed, **between_logs))
     assert got == want > 0
+
+
+def test_counts_every_position_as_the_trainer_counts_all_tokens(tmp_path, tiny_model_dir, processed, monkeypatch):
+    """padded_tokens_per_second's count: every position of every training batch, padding included, which is
+    what the Trainer counts with include_num_input_tokens_seen="all"; and more than the real tokens here
+    (unpacked batches of the embedded default are padded to their longest conversation)."""
+    kotune_trainer = build(tmp_path / "kotune", tiny_model_dir, processed)
+    kotune_trainer.train()
+    monkeypatch.setattr(kotune.sft_trainer, "trainer_class", lambda: trl.SFTTrainer)
+    trl_trainer = build(tmp_path / "trl", tiny_model_dir, processed)
+    trl_trainer.args.include_num_input_tokens_seen = "all"
+    trl_trainer.train()
+    positions = kotune_trainer.input_tokens_with_padding
+    assert positions == trl_trainer.state.num_input_tokens_seen > kotune_trainer.state.num_input_tokens_seen > 0

@@ -39,6 +39,9 @@ class DeferredMetrics:
         self._pending_metrics: list[torch.Tensor] = []
         self._flops_per_token: int | None = None
         self._pending_input_tokens: torch.Tensor | int = 0  # input tokens counted since the last log or save
+        # Every position of every training batch, padding included, counted by this process since it started
+        # (a resumed run does not restore it): the batches' shapes, known on the host, so no sync.
+        self.input_tokens_with_padding = 0
 
     def _runs_trl_default_loss(self) -> bool:
         parallelism = getattr(self.accelerator, "parallelism_config", None)
@@ -103,9 +106,11 @@ class DeferredMetrics:
         Trainer logs or saves. The Trainer reads each micro-batch's count back (`.item()`) right after its
         backward pass, and on a GPU the batch is already there (accelerate's dataloader moved it), so that
         read was a wait for the whole step to drain."""
+        ids = inputs.get(getattr(self.model, "main_input_name", "input_ids"))
+        if isinstance(ids, torch.Tensor):
+            self.input_tokens_with_padding += ids.numel()
         if self.accelerator.num_processes > 1 or self.args.include_num_input_tokens_seen == "no":
             return super()._track_num_input_tokens(inputs)
-        ids = inputs.get(getattr(self.model, "main_input_name", "input_ids"))
         mask = inputs.get("attention_mask")
         pad = getattr(self.processing_class, "pad_token_id", None)
         if not isinstance(ids, torch.Tensor):

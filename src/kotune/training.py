@@ -93,6 +93,15 @@ def peak_memory_gib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def peak_reserved_memory_gib(device: str) -> float | None:
+    """CUDA: the caching allocator's peak reservation, the allocated peak plus the freed blocks it kept, which
+    is what the card must hold besides the CUDA context (11-17% over the allocated peak on the 8B runs,
+    bench/results/2026-11-24-fit-validation.md). The CPU has no such figure: None."""
+    import torch
+
+    return torch.cuda.max_memory_reserved() / 2**30 if device == "cuda" else None
+
+
 class StepStats(TrainerCallback):
     """Adds to every training log line the peak memory and the throughput since the previous log line
     (transformers adds only the run's average, train_tokens_per_second, which includes warm-up), so

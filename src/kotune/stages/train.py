@@ -267,22 +267,30 @@ def check_adapter_saved(folder: Path) -> None:
 def write_results(trainer, result, args, device: str, timings: dict, resume: Path | None) -> None:
     from kotune import checkpoints, training
 
-    peaks = distributed.gather(round(training.peak_memory_gib(device), 3))  # every rank's (a collective)
+    # Every rank's figures, in one collective: allocated and reserved peaks, and the positions it trained on.
+    reserved = training.peak_reserved_memory_gib(device)
+    ranks = distributed.gather((round(training.peak_memory_gib(device), 3), reserved and round(reserved, 3),
+                                getattr(trainer, "input_tokens_with_padding", None)))
     if not trainer.is_world_process_zero():
         return
+    peaks, reserved_peaks, positions = zip(*ranks, strict=True)
     steps, evals = training.history_rows(trainer.state.log_history)
     training.write_csv(Path(args.plots) / "steps.csv", steps,
                        ["step", "loss", "learning_rate", "grad_norm", "tokens_per_second", "window_tokens_per_second"])
     training.write_csv(Path(args.plots) / "eval.csv", evals, ["step", "eval_loss"])
-    tokens = trainer.state.num_input_tokens_seen
+    tokens, seconds = trainer.state.num_input_tokens_seen, max(timings["train"], 1e-9)
     write_json(args.metrics, {
         "first_loss": steps[0]["loss"] if steps else None, "final_loss": steps[-1]["loss"] if steps else None,
         "mean_train_loss": round(training.mean_loss(steps, result.training_loss), 4),
         "eval_loss": evals[-1]["eval_loss"] if evals else None,
         "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0, 3),
-        "tokens": tokens, "tokens_per_second": round(tokens / max(timings["train"], 1e-9), 1),
+        "tokens": tokens, "tokens_per_second": round(tokens / seconds, 1),
+        # Padding included, counted by this run's processes since they started: beside tokens_per_second (real
+        # tokens only), what the padding cost.
+        "padded_tokens_per_second": None if None in positions else round(sum(positions) / seconds, 1),
         "steady_tokens_per_second": training.steady_tokens_per_second(steps),
-        "peak_memory_gib": max(peaks), "processes": len(peaks),
+        "peak_memory_gib": max(peaks),
+        "peak_reserved_memory_gib": None if None in reserved_peaks else max(reserved_peaks), "processes": len(peaks),
         "model_load_seconds": round(timings["load"], 1), "wall_seconds": round(timings["train"], 1),
         "resumed_from_step": checkpoints.step_of(resume) if resume else 0,
     })
