@@ -66,6 +66,8 @@ declare -A LEVERS=(
   [tf-varlen-fused-every2]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.checkpoint_every_n_layers=2"
   [tf-varlen-fused-compile]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true"
   [tf-varlen-fused-every2-compile]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.checkpoint_every_n_layers=2 train.compile_layers=true"
+  # the last 12 layers not recomputed: what `kotune fit` leaves room for on a 22.5 GiB card (qlora-24gb's levers)
+  [tf-varlen-fused-compile-keep12]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true train.layers_not_recomputed=12"
   [tf-varlen-liger-fused-compile]="model.attn_implementation=varlen train.use_liger_kernel=true train.optim=adamw_torch_fused train.compile_layers=true"
   [tf-varlen-fused-compile-embcpu]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true train.input_embeddings_on_cpu=true"
   [tf-varlen-fused-compile-offload]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true train.offload_activations=true"

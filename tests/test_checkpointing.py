@@ -30,6 +30,31 @@ def test_every_second_layer_is_recomputed(tiny_model_dir):
     assert [layer.gradient_checkpointing for layer in layers(model)] == [True, False, True, False]
 
 
+def test_the_last_layers_are_not_recomputed(tiny_model_dir):
+    model = tiny(tiny_model_dir)
+    activation_checkpointing.SelectiveCheckpointing(layers_not_recomputed=1).on_train_begin(None, None, None,
+                                                                                           model=model)
+    assert [layer.gradient_checkpointing for layer in layers(model)] == [True, True, True, False]
+    model = tiny(tiny_model_dir)
+    activation_checkpointing.apply(model, 1, 0, layers_not_recomputed=9)  # more than there are: none recomputed
+    assert not any(layer.gradient_checkpointing for layer in layers(model))
+
+
+def test_the_train_stage_keeps_the_last_layers(tmp_path, tiny_model_dir, processed):
+    from kotune.config import load_params
+    from kotune.stages import train
+    from tests.conftest import DATA, FAST, params_file, stage_args
+
+    params = load_params(params_file(tmp_path / "params.yaml", tiny_model_dir, data=DATA, train={
+        **FAST, "max_steps": 1, "gradient_checkpointing": True, "layers_not_recomputed": 1}))
+    args = train.parse_args(stage_args(tmp_path, tmp_path / "params.yaml", processed))
+    trainer, _, _ = train.build_trainer(params, args, "cpu", "test", train.load_data(processed))
+    trainer.train()
+    flags = [m.gradient_checkpointing for m in trainer.model.modules() if hasattr(m, "gradient_checkpointing")
+             and type(m).__name__.endswith("DecoderLayer")]
+    assert flags == [True, False]
+
+
 def gradients(model, ids, context=None):
     import contextlib
 
@@ -50,6 +75,15 @@ def test_checkpointing_every_second_layer_does_not_change_the_gradients(tiny_mod
     model = tiny(tiny_model_dir)
     want = gradients(model, ids)
     activation_checkpointing.SelectiveCheckpointing(2).on_train_begin(None, None, None, model=model)
+    assert_same(gradients(model, ids), want, rtol=1e-5, atol=1e-6)
+
+
+def test_keeping_the_last_layers_does_not_change_the_gradients(tiny_model_dir):
+    ids = torch.arange(1, 33).unsqueeze(0)
+    model = tiny(tiny_model_dir)
+    want = gradients(model, ids)
+    activation_checkpointing.SelectiveCheckpointing(layers_not_recomputed=2).on_train_begin(None, None, None,
+                                                                                           model=model)
     assert_same(gradients(model, ids), want, rtol=1e-5, atol=1e-6)
 
 
@@ -132,3 +166,16 @@ def test_options_need_checkpointing_on():
                                     "offload_activations": True}})
     with pytest.raises(ConfigError, match="save_attention_layers must be >= 0"):
         params_from_dict({"train": {"gradient_checkpointing": True, "save_attention_layers": -1}})
+    with pytest.raises(ConfigError, match="set gradient_checkpointing: true"):
+        params_from_dict({"train": {"layers_not_recomputed": 2}})
+    with pytest.raises(ConfigError, match="layers_not_recomputed must be >= 0"):
+        params_from_dict({"train": {"gradient_checkpointing": True, "layers_not_recomputed": -1}})
+    with pytest.raises(ConfigError, match="both choose which layers are recomputed"):
+        params_from_dict({"train": {"gradient_checkpointing": True, "layers_not_recomputed": 2,
+                                    "checkpoint_every_n_layers": 2}})
+    with pytest.raises(ConfigError, match="keeping them on the GPU buys nothing"):
+        params_from_dict({"train": {"gradient_checkpointing": True, "layers_not_recomputed": 2,
+                                    "offload_activations": True}})
+    with pytest.raises(ConfigError, match="checkpoints \\(and offloads\\) every layer itself"):
+        params_from_dict({"train": {"backend": "unsloth", "gradient_checkpointing": True,
+                                    "layers_not_recomputed": 2}})

@@ -84,6 +84,34 @@ def test_levers_move_the_estimate_the_way_the_physics_says():
     assert growth > 3 * 32 * 4096**2 * 4 * 3  # at least 3 x the scores' growth
 
 
+def test_the_last_layers_kept_cost_what_every_other_layer_kept_costs():
+    """16 of 32 layers kept whole, the last layer among them, either way: the estimate that matched every other
+    layer's measured peak (-0.0%, bench/results/2026-11-24-fit-validation.md) covers layers_not_recomputed."""
+    base = Workload(2, 2048, attention="varlen", layer_kernels="compiled")
+    every_other = estimate(LLAMA_3_8B, replace(base, checkpoint_every_n_layers=2))
+    last_half = estimate(LLAMA_3_8B, replace(base, layers_not_recomputed=16))
+    assert last_half.parts == every_other.parts and last_half.peak_at == every_other.peak_at
+    costs = [estimate(LLAMA_3_8B, replace(base, layers_not_recomputed=k)).allocated for k in range(0, 33)]
+    assert costs == sorted(costs) and costs[-1] > costs[0] + 12 * GiB  # about 0.47 GiB a layer here
+    assert estimate(LLAMA_3_8B, replace(base, layers_not_recomputed=32)).allocated == pytest.approx(
+        estimate(LLAMA_3_8B, replace(base, checkpointing=False)).allocated)
+
+
+def test_the_most_layers_not_recomputed_that_fit(presets):
+    workload = fit.workload_from_params(presets["qlora-24gb"], LLAMA_3_8B, GPU_24)
+    total = GPU_24.total_bytes
+    kept = fit.most_layers_not_recomputed(LLAMA_3_8B, workload, total)
+    assert 0 < kept < LLAMA_3_8B.num_hidden_layers
+    assert fit.fits(LLAMA_3_8B, replace(workload, layers_not_recomputed=kept), total)
+    assert not fit.fits(LLAMA_3_8B, replace(workload, layers_not_recomputed=kept + 1), total)
+    # where the option does not apply: every other layer, offloaded checkpoints (Unsloth's, TRL's)
+    assert fit.most_layers_not_recomputed(LLAMA_3_8B, replace(workload, checkpoint_every_n_layers=2), total) is None
+    lean = fit.workload_from_params(presets["qlora-24gb-unsloth"], LLAMA_3_8B, GPU_24)
+    assert fit.most_layers_not_recomputed(LLAMA_3_8B, lean, total) is None
+    kept_params = replace(presets["qlora-24gb"], train=replace(presets["qlora-24gb"].train, layers_not_recomputed=5))
+    assert fit.workload_from_params(kept_params, LLAMA_3_8B, GPU_24).layers_not_recomputed == 5
+
+
 def test_estimates_are_within_15_percent_of_the_measured_peaks():
     validation = load_validation()
     checked = 0
@@ -206,4 +234,4 @@ def test_a_suggested_length_past_the_models_positions_says_so():
 
     shape = tiny_shape(TinyModelSection())  # trained to 1,024 positions
     _, lines = fit.verdict(shape, Workload(micro_batch=1, seq_len=512), fit.Gpu("test", 24 * GiB), "given")
-    assert "trained to 1,024 positions" in lines[-1]
+    assert "trained to 1,024 positions" in next(line for line in lines if "largest max_length" in line)

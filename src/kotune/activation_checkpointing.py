@@ -1,6 +1,11 @@
 """Which decoder layers the backward pass recomputes, and what it recomputes in them.
 
 train.checkpoint_every_n_layers: only every n-th layer is checkpointed (faster, more memory).
+train.layers_not_recomputed: the last k layers are not checkpointed: the memory a GPU has to spare, spent on
+speed one layer at a time rather than half the layers at once. The last ones, because the backward pass
+starts there and frees them first: by the time it recomputes a layer, the kept layers' activations are
+gone, so the peak holds the k layers and no recomputed one (kotune.memory models that; `kotune fit` says
+how many fit).
 train.save_attention_layers: in the first k checkpointed layers the attention output is kept from the
 forward pass instead of recomputed (selective activation checkpointing, PyTorch's
 `create_selective_checkpoint_contexts`). At long context attention is most of a layer's work (at
@@ -50,22 +55,25 @@ def saving_attention():
 class SelectiveCheckpointing(TrainerCallback):
     """Applied to the layers the Trainer's gradient checkpointing switched on as training begins."""
 
-    def __init__(self, every_n_layers: int = 1, save_attention_layers: int = 0):
+    def __init__(self, every_n_layers: int = 1, save_attention_layers: int = 0, layers_not_recomputed: int = 0):
         self.every_n_layers, self.save_attention_layers = every_n_layers, save_attention_layers
+        self.layers_not_recomputed = layers_not_recomputed
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        apply(model, self.every_n_layers, self.save_attention_layers)
+        apply(model, self.every_n_layers, self.save_attention_layers, self.layers_not_recomputed)
         return control
 
 
-def apply(model: torch.nn.Module, every_n_layers: int, save_attention_layers: int) -> list[int]:
+def apply(model: torch.nn.Module, every_n_layers: int, save_attention_layers: int,
+          layers_not_recomputed: int = 0) -> list[int]:
     """Returns the indexes of the layers that keep their attention output."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    recomputed = len(layers) - layers_not_recomputed  # the first ones
     saving = []
     for index, layer in enumerate(layers):
-        layer.gradient_checkpointing = index % every_n_layers == 0
+        layer.gradient_checkpointing = index % every_n_layers == 0 and index < recomputed
         if layer.gradient_checkpointing and len(saving) < save_attention_layers:
             layer._gradient_checkpointing_func = saving_attention()
             saving.append(index)

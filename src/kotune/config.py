@@ -162,6 +162,10 @@ class TrainSection:
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False  # true: less memory, ~20-30% slower (GPU presets turn it on)
     checkpoint_every_n_layers: int = 1  # 2: recompute every other decoder layer (faster, more memory)
+    # > 0: the last k decoder layers keep what their backward pass needs instead of recomputing it: spare GPU
+    # memory spent on speed a layer at a time (each ~0.75 GiB for an 8B model at 2 x 2,048 tokens); `kotune fit`
+    # says how many fit (kotune.activation_checkpointing)
+    layers_not_recomputed: int = 0
     offload_activations: bool = False  # checkpointed layer inputs wait in pinned CPU memory (long context)
     # keep the attention output of this many checkpointed layers instead of recomputing it: long context, where
     # attention is most of the work; each costs tokens x hidden_size x 2 bytes (kotune.activation_checkpointing)
@@ -222,10 +226,18 @@ class TrainSection:
             raise ValueError("checkpoint_every_n_layers must be >= 1")
         if self.save_attention_layers < 0:
             raise ValueError("save_attention_layers must be >= 0")
-        if (self.offload_activations or self.checkpoint_every_n_layers > 1 or self.save_attention_layers) \
-                and not self.gradient_checkpointing:
-            raise ValueError("offload_activations, checkpoint_every_n_layers and save_attention_layers apply to "
-                             "gradient checkpointing: set gradient_checkpointing: true")
+        if self.layers_not_recomputed < 0:
+            raise ValueError("layers_not_recomputed must be >= 0")
+        if self.layers_not_recomputed and self.checkpoint_every_n_layers > 1:
+            raise ValueError("layers_not_recomputed with checkpoint_every_n_layers > 1: both choose which layers are "
+                             "recomputed; use one")
+        if self.layers_not_recomputed and self.offload_activations:
+            raise ValueError("layers_not_recomputed with offload_activations: offloading moves what the kept layers "
+                             "hold to CPU memory too, so keeping them on the GPU buys nothing; use one")
+        if (self.offload_activations or self.checkpoint_every_n_layers > 1 or self.save_attention_layers
+                or self.layers_not_recomputed) and not self.gradient_checkpointing:
+            raise ValueError("offload_activations, checkpoint_every_n_layers, layers_not_recomputed and "
+                             "save_attention_layers apply to gradient checkpointing: set gradient_checkpointing: true")
         if self.input_embeddings_on_cpu and self.num_processes > 1:
             raise ValueError("input_embeddings_on_cpu is for one process: under DDP/FSDP every module's tensors "
                              "live on its GPU")
@@ -357,9 +369,10 @@ class Params:
             if self.lora.use_dora:
                 raise ValueError("lora.use_dora is not supported by train.backend unsloth")
             if self.train.checkpoint_every_n_layers > 1 or self.train.save_attention_layers \
-                    or self.train.offload_activations:
-                raise ValueError("train.checkpoint_every_n_layers > 1, save_attention_layers or offload_activations "
-                                 "with train.backend unsloth: Unsloth checkpoints (and offloads) every layer itself")
+                    or self.train.offload_activations or self.train.layers_not_recomputed:
+                raise ValueError("train.checkpoint_every_n_layers > 1, layers_not_recomputed, save_attention_layers or "
+                                 "offload_activations with train.backend unsloth: Unsloth checkpoints (and offloads) "
+                                 "every layer itself")
             if self.train.compile_layers:
                 raise ValueError("train.compile_layers with train.backend unsloth: Unsloth compiles its own "
                                  "kernels; turn one off")

@@ -76,6 +76,7 @@ def workload_from_params(params: Params, shape: ModelShape, gpu: Gpu | None = No
         lora_bytes=lora_bytes, optimizer_bytes=2 if train.optim in EIGHT_BIT_OPTIMIZERS else 2 * lora_bytes,
         gradients_held=train.gradient_accumulation_steps > 1,
         checkpointing=train.gradient_checkpointing, checkpoint_every_n_layers=train.checkpoint_every_n_layers,
+        layers_not_recomputed=train.layers_not_recomputed if train.gradient_checkpointing else 0,
         offload_checkpoints=train.offload_activations or (unsloth and train.gradient_checkpointing),
         embeddings_on_cpu=train.input_embeddings_on_cpu,
         saved_attention_layers=train.save_attention_layers if train.gradient_checkpointing else 0,
@@ -141,9 +142,27 @@ def largest(shape: ModelShape, workload: Workload, total_bytes: int, field: str)
     return low * step or None
 
 
+def most_layers_not_recomputed(shape: ModelShape, workload: Workload, total_bytes: int) -> int | None:
+    """With every layer checkpointed, the most of the last layers that can keep their activations and still fit
+    (train.layers_not_recomputed); None where it does not apply (no checkpointing, every n-th layer, or
+    checkpoints offloaded: TRL's offloading and Unsloth's move what layers keep to the CPU anyway)."""
+    if not workload.checkpointing or workload.checkpoint_every_n_layers > 1 or workload.offload_checkpoints:
+        return None
+    low, high = 0, shape.num_hidden_layers  # invariant as in largest(): low fits (or is 0), high + 1 does not
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(shape, replace(workload, layers_not_recomputed=middle), total_bytes):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
 def describe(params: Params, shape: ModelShape, source: str, w: Workload) -> list[str]:
     train = params.train
     every = f"every {w.checkpoint_every_n_layers} layers" if w.checkpoint_every_n_layers > 1 else "every layer"
+    if w.layers_not_recomputed:
+        every += f" but the last {w.layers_not_recomputed}"
     return [
         f"model: {params.model.name_or_path} (shape from {source})",
         f"  {shape.num_hidden_layers} layers, hidden {shape.hidden_size}, heads {shape.num_attention_heads}/"
@@ -176,6 +195,10 @@ def verdict(shape: ModelShape, w: Workload, gpu: Gpu, where: str) -> tuple[bool,
     ok = needed <= gpu.total_bytes
     spare = f"{abs(gpu.total_bytes - needed) / GiB:.1f} GiB {'to spare' if ok else 'short'}"
     batch, length = largest(shape, w, gpu.total_bytes, "micro_batch"), largest(shape, w, gpu.total_bytes, "seq_len")
+    kept = most_layers_not_recomputed(shape, w, gpu.total_bytes)
+    kept_line = [] if kept is None else [
+        f"  layers that can skip recomputation and still fit (train.layers_not_recomputed): up to {kept} of "
+        f"{shape.num_hidden_layers}" + (" (each saves about one layer's forward pass a step)" if kept else "")]
     return ok, [
         f"GPU: {gpu.total_bytes / GiB:.2f} GiB ({where}): {'fits' if ok else 'OUT OF MEMORY'}, {spare}",
         f"  largest micro-batch at max_length {w.seq_len}: {batch or 'none (lower max_length)'}"
@@ -184,7 +207,7 @@ def verdict(shape: ModelShape, w: Workload, gpu: Gpu, where: str) -> tuple[bool,
         + (f"{length:,} (a multiple of {LENGTH_STEP})" if length else "none: the model alone does not fit")
         + (f"; the model was trained to {shape.max_position_embeddings:,} positions (beyond needs RoPE scaling)"
            if length and shape.max_position_embeddings and length > shape.max_position_embeddings else ""),
-    ]
+    ] + kept_line
 
 
 def warn_if_it_will_not_fit(params: Params, device: str) -> None:

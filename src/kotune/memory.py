@@ -70,6 +70,7 @@ class Workload:
     gradients_held: bool = False  # gradient accumulation keeps LoRA gradients between micro-batches
     checkpointing: bool = True
     checkpoint_every_n_layers: int = 1
+    layers_not_recomputed: int = 0  # the last k layers are not checkpointed
     offload_checkpoints: bool = False
     embeddings_on_cpu: bool = False  # the input embedding table in CPU memory (untied models only)
     saved_attention_layers: int = 0  # checkpointed layers that keep their attention output (selective checkpointing)
@@ -81,6 +82,8 @@ class Workload:
     def __post_init__(self):
         if min(self.micro_batch, self.seq_len, self.lora_r, self.checkpoint_every_n_layers) < 1:
             raise ValueError("micro_batch, seq_len, lora_r and checkpoint_every_n_layers must be >= 1")
+        if self.layers_not_recomputed < 0:
+            raise ValueError("layers_not_recomputed must be >= 0")
         unknown = set(self.lora_targets) - set(PROJECTIONS)
         if unknown:
             raise ValueError(f"LoRA targets {sorted(unknown)} are not Llama projections ({', '.join(PROJECTIONS)})")
@@ -172,13 +175,15 @@ def loss_head_bytes(shape: ModelShape, w: Workload) -> float:
 
 def estimate(shape: ModelShape, w: Workload) -> Estimate:
     layers, every, tokens = shape.num_hidden_layers, w.checkpoint_every_n_layers, w.tokens
-    checkpointed = math.ceil(layers / every) if w.checkpointing else 0
+    recomputable = max(layers - w.layers_not_recomputed, 0)  # kotune.activation_checkpointing: the first ones
+    checkpointed = math.ceil(recomputable / every) if w.checkpointing else 0
     kept = layers - checkpointed
     held = 0.0 if w.offload_checkpoints else checkpointed * tokens * shape.hidden_size * w.activation_bytes
     if w.attention == "masked":
         held += w.micro_batch * w.seq_len**2  # transformers' boolean mask, shared by the layers
     whole = kept * (tokens * layer_bytes_per_token(shape, w, kept=True) + scores_bytes(shape, w, False))
-    recomputed = w.checkpointing and (layers - 1) % every == 0  # the last layer runs backward first
+    # the last layer runs backward first: recomputed if it is checkpointed
+    recomputed = w.checkpointing and (layers - 1) % every == 0 and w.layers_not_recomputed == 0
     in_layer = {
         "recomputed last layer": (tokens * layer_bytes_per_token(shape, w, kept=False) + scores_bytes(shape, w, False))
         if recomputed else 0,

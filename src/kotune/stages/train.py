@@ -128,10 +128,11 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
     # First, so its figures are in the log dict before the progress output and TensorBoard read it.
     trainer.callback_handler.callbacks.insert(0, training.StepStats(device))
     every, saving = params.train.checkpoint_every_n_layers, params.train.save_attention_layers
-    if params.train.backend == "transformers" and (every > 1 or saving):
+    kept = params.train.layers_not_recomputed
+    if params.train.backend == "transformers" and (every > 1 or saving or kept):
         from kotune.activation_checkpointing import SelectiveCheckpointing
 
-        trainer.add_callback(SelectiveCheckpointing(every, saving))
+        trainer.add_callback(SelectiveCheckpointing(every, saving, kept))
     if params.train.gc_every_n_steps:
         from kotune.garbage_collection import ScheduledGarbageCollection
 
