@@ -115,9 +115,12 @@ if [ -n "${PROFILE:-}" ]; then  # e.g. PROFILE=tf-sdpa: torch.profiler tables of
   echo "profile $PROFILE: exit $?"
 fi
 
-if [ "${PEERS:-0}" = 1 ]; then
-  # Unsloth's own numbers in this call: random full-length tokens, then packed real-length KoAlpaca.
-  OUT=$OUT timeout 240 python3 .whl/peer_baselines.py unsloth 2>&1 | grep -E "^unsloth|Error" | tail -4
+if [ "${PEERS:-0}" != 0 ]; then
+  # Unsloth's own numbers in this call: random full-length tokens (PEERS=1), then packed real-length KoAlpaca
+  # (PEERS=1 or PEERS=packed, which skips the full-length shapes).
+  if [ "$PEERS" != packed ]; then
+    OUT=$OUT timeout 240 python3 .whl/peer_baselines.py unsloth 2>&1 | grep -E "^unsloth|Error" | tail -4
+  fi
   mkdir -p /tmp/rl && cp /tmp/tok/tokenizer.json /tmp/raw/ko_alpaca_data.json /tmp/rl/
   OUT=$OUT DATA_DIR=/tmp/rl BS=2 PACK=1 timeout 240 python3 .whl/real_length_sft.py unsloth 2>&1 | grep -E "RESULT|Error" | tail -3
 fi
