@@ -163,7 +163,7 @@ class TrainSection:
     gradient_checkpointing: bool = False  # true: less memory, ~20-30% slower (GPU presets turn it on)
     checkpoint_every_n_layers: int = 1  # 2: recompute every other decoder layer (faster, more memory)
     # > 0: the last k decoder layers keep what their backward pass needs instead of recomputing it: spare GPU
-    # memory spent on speed a layer at a time (each ~0.75 GiB for an 8B model at 2 x 2,048 tokens); `kotune fit`
+    # memory spent on speed a layer at a time (each 0.5-0.75 GiB for an 8B model at 2 x 2,048 tokens); `kotune fit`
     # says how many fit (kotune.activation_checkpointing)
     layers_not_recomputed: int = 0
     offload_activations: bool = False  # checkpointed layer inputs wait in pinned CPU memory (long context)
