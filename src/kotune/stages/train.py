@@ -287,8 +287,10 @@ def write_results(trainer, result, args, device: str, timings: dict, resume: Pat
         "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0, 3),
         "tokens": tokens, "tokens_per_second": round(tokens / seconds, 1),
         # Padding included, counted by this run's processes since they started: beside tokens_per_second (real
-        # tokens only), what the padding cost.
-        "padded_tokens_per_second": None if None in positions else round(sum(positions) / seconds, 1),
+        # tokens only), what the padding cost. None where nothing counted them (a trainer loop that never calls
+        # the Trainer's token tracking) rather than a rate of 0.
+        "padded_tokens_per_second": round(sum(positions) / seconds, 1) if None not in positions and any(positions)
+        else None,
         "steady_tokens_per_second": training.steady_tokens_per_second(steps),
         "peak_memory_gib": max(peaks),
         "peak_reserved_memory_gib": None if None in reserved_peaks else max(reserved_peaks), "processes": len(peaks),
