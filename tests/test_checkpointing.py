@@ -2,9 +2,12 @@
 
 import pytest
 import torch
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from kotune import activation_checkpointing, training
-from kotune.config import ConfigError, params_from_dict
+from kotune.config import ConfigError, load_params, params_from_dict
+from kotune.stages import train
+from tests.conftest import DATA, FAST, params_file, stage_args
 
 pytestmark = pytest.mark.unit
 
@@ -41,17 +44,12 @@ def test_the_last_layers_are_not_recomputed(tiny_model_dir):
 
 
 def test_the_train_stage_keeps_the_last_layers(tmp_path, tiny_model_dir, processed):
-    from kotune.config import load_params
-    from kotune.stages import train
-    from tests.conftest import DATA, FAST, params_file, stage_args
-
     params = load_params(params_file(tmp_path / "params.yaml", tiny_model_dir, data=DATA, train={
         **FAST, "max_steps": 1, "gradient_checkpointing": True, "layers_not_recomputed": 1}))
     args = train.parse_args(stage_args(tmp_path, tmp_path / "params.yaml", processed))
     trainer, _, _ = train.build_trainer(params, args, "cpu", "test", train.load_data(processed))
     trainer.train()
-    flags = [m.gradient_checkpointing for m in trainer.model.modules() if hasattr(m, "gradient_checkpointing")
-             and type(m).__name__.endswith("DecoderLayer")]
+    flags = [m.gradient_checkpointing for m in trainer.model.modules() if isinstance(m, GradientCheckpointingLayer)]
     assert flags == [True, False]
 
 

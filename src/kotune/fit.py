@@ -14,6 +14,7 @@ import argparse
 import inspect
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from kotune.config import EIGHT_BIT_OPTIMIZERS, Params, load_params
@@ -129,17 +130,25 @@ def fits(shape: ModelShape, workload: Workload, total_bytes: int) -> bool:
     return needed_bytes(estimate(shape, workload)) <= total_bytes
 
 
-def largest(shape: ModelShape, workload: Workload, total_bytes: int, field: str) -> int | None:
-    """The largest micro_batch (or seq_len, in steps of LENGTH_STEP) that fits; None if even the smallest fails."""
-    step = LENGTH_STEP if field == "seq_len" else 1
-    low, high = 0, SEARCH_LIMITS[field] // step  # invariant: low fits (or is 0), high + 1 does not
+def most_that_fits(high: int, fits_at: Callable[[int], bool]) -> int:
+    """The largest n in 0..high for which fits_at(n) holds (memory grows with n, so it holds up to some n); 0 if
+    none does. A binary search: every fits_at is a whole estimate."""
+    low = 0  # invariant: low fits (or is 0), high + 1 does not
     while low < high:
         middle = (low + high + 1) // 2
-        if fits(shape, replace(workload, **{field: middle * step}), total_bytes):
+        if fits_at(middle):
             low = middle
         else:
             high = middle - 1
-    return low * step or None
+    return low
+
+
+def largest(shape: ModelShape, workload: Workload, total_bytes: int, field: str) -> int | None:
+    """The largest micro_batch (or seq_len, in steps of LENGTH_STEP) that fits; None if even the smallest fails."""
+    step = LENGTH_STEP if field == "seq_len" else 1
+    most = most_that_fits(SEARCH_LIMITS[field] // step,
+                          lambda n: fits(shape, replace(workload, **{field: n * step}), total_bytes))
+    return most * step or None
 
 
 def most_layers_not_recomputed(shape: ModelShape, workload: Workload, total_bytes: int) -> int | None:
@@ -148,14 +157,8 @@ def most_layers_not_recomputed(shape: ModelShape, workload: Workload, total_byte
     checkpoints offloaded: TRL's offloading and Unsloth's move what layers keep to the CPU anyway)."""
     if not workload.checkpointing or workload.checkpoint_every_n_layers > 1 or workload.offload_checkpoints:
         return None
-    low, high = 0, shape.num_hidden_layers  # invariant as in largest(): low fits (or is 0), high + 1 does not
-    while low < high:
-        middle = (low + high + 1) // 2
-        if fits(shape, replace(workload, layers_not_recomputed=middle), total_bytes):
-            low = middle
-        else:
-            high = middle - 1
-    return low
+    return most_that_fits(shape.num_hidden_layers,
+                          lambda k: fits(shape, replace(workload, layers_not_recomputed=k), total_bytes))
 
 
 def describe(params: Params, shape: ModelShape, source: str, w: Workload) -> list[str]:
