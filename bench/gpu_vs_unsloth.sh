@@ -31,7 +31,7 @@ peer() {
 
 kotune() {
   local tag=$1; shift
-  env "$@" OUT="/tmp/k-$tag" TAG="-$tag" DATA=full GPU_TESTS=0 STEPS="${KOTUNE_STEPS:-50}" LOGGING=10 \
+  env "$@" OUT="/tmp/k-$tag" TAG="-$tag" DATA=full GPU_TESTS=0 STEPS="${KOTUNE_STEPS:-50}" LOGGING="${KOTUNE_LOGGING:-10}" \
     RUNS="${LEVER:-unsloth-fused-embcpu}" bash bench/gpu_backends.sh 2>&1 | grep -v "^|" | tail -3
   grep -h GCSTATS /tmp/k-"$tag"/log_*.txt
   cp /tmp/k-"$tag"/kotune_*.json /tmp/k-"$tag"/steps_*.csv "$R/"

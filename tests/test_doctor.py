@@ -50,7 +50,11 @@ def test_a_healthy_gpu_machine_meets_the_24gb_preset(gpu_params):
 
 def test_a_t4_cannot_run_bf16_or_flash_attention_presets(gpu_params):
     t4 = replace(HEALTHY, gpu=T4)
-    assert failed(gpu_params, t4) == {"precision", "attention"}
+    # The preset spends a 24 GB card's spare memory on 12 layers not recomputed (about 20 GiB): not on 15 GiB.
+    assert failed(gpu_params, t4) == {"precision", "attention", "memory"}
+    assert "train.layers_not_recomputed 12 -> " in verdicts(gpu_params, t4)["memory"].detail
+    recomputed = replace(gpu_params, train=replace(gpu_params.train, layers_not_recomputed=0))
+    assert failed(recomputed, t4) == {"precision", "attention"}
     checks = verdicts(gpu_params, t4)
     assert "fp16" in checks["precision"].detail and "8.0" in checks["attention"].detail
     # The same preset with auto dtypes and SDPA: fp16 on a T4 is a fallback, not a failure.

@@ -13,12 +13,13 @@ installed, publish.push without a token, ...); warnings alone exit 0.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kotune.config import EIGHT_BIT_OPTIMIZERS, Params, load_params
 from kotune.errors import KotuneError
-from kotune.fit import FLASH_ATTENTION_CAPABILITY, estimate, needed_bytes, workload_from_params
+from kotune.fit import (FLASH_ATTENTION_CAPABILITY, estimate, fits, most_layers_not_recomputed, needed_bytes,
+                        workload_from_params)
 from kotune.machine import Environment, canonical
 from kotune.memory import GiB
 from kotune.model_shapes import ModelShape, resolve_shape
@@ -178,9 +179,15 @@ def check_git(env: Environment) -> Check:
 def check_memory(params: Params, env: Environment, shape: ModelShape | None) -> Check:
     if env.gpu is None or shape is None or device_of(params, env) != "cuda":
         return Check("memory", NONE, "no GPU or no model shape: `kotune fit --gpu-mem 24GiB` estimates without one")
-    needed = needed_bytes(estimate(shape, workload_from_params(params, shape, env.gpu)))
-    detail = f"predicted {needed / GiB:.1f} of {env.gpu.total_bytes / GiB:.1f} GiB"
-    if needed > env.gpu.total_bytes:
+    workload = workload_from_params(params, shape, env.gpu)
+    needed, total = needed_bytes(estimate(shape, workload)), env.gpu.total_bytes
+    detail = f"predicted {needed / GiB:.1f} of {total / GiB:.1f} GiB"
+    if needed > total:
+        # Layers kept from recomputation are spare memory spent on speed: giving some back is the cheapest fix.
+        kept = most_layers_not_recomputed(shape, workload, total) if workload.layers_not_recomputed else None
+        if kept is not None and fits(shape, replace(workload, layers_not_recomputed=kept), total):
+            return Check("memory", FAIL, f"{detail}: out of memory; train.layers_not_recomputed "
+                         f"{workload.layers_not_recomputed} -> {kept} fits")
         return Check("memory", FAIL, f"{detail}: out of memory; `kotune fit` suggests a micro-batch and max_length")
     return Check("memory", OK, detail)
 
