@@ -18,8 +18,14 @@ from pathlib import Path
 
 from kotune.config import EIGHT_BIT_OPTIMIZERS, Params, load_params
 from kotune.errors import KotuneError
-from kotune.fit import (FLASH_ATTENTION_CAPABILITY, estimate, fits, most_layers_not_recomputed, needed_bytes,
-                        workload_from_params)
+from kotune.fit import (
+    FLASH_ATTENTION_CAPABILITY,
+    estimate,
+    fits,
+    most_layers_not_recomputed,
+    needed_bytes,
+    workload_from_params,
+)
 from kotune.machine import Environment, canonical
 from kotune.memory import GiB
 from kotune.model_shapes import ModelShape, resolve_shape
