@@ -112,6 +112,19 @@ def test_the_most_layers_not_recomputed_that_fit(presets):
     assert fit.workload_from_params(kept_params, LLAMA_3_8B, GPU_24).layers_not_recomputed == 5
 
 
+def test_each_gpu_preset_fits_the_card_its_name_promises(presets):
+    # What a 24 GB card has for CUDA (an A10G or L4: about 22.5 GiB) and an H100 80GB (79.2 GiB). qlora-24gb spends
+    # the spare memory on layers not recomputed: a preset edit that spends more must fail here, not on a GPU.
+    cards = {"qlora-24gb": 22.5, "qlora-24gb-unsloth": 22.5, "qlora-80gb": 79.2, "qlora-long-80gb": 79.2}
+    for name, gib in cards.items():
+        workload = fit.workload_from_params(presets[name], LLAMA_3_8B, fit.Gpu(name, int(gib * GiB), (8, 9), True))
+        assert fit.fits(LLAMA_3_8B, workload, int(gib * GiB)), name
+    kept = presets["qlora-24gb"].train.layers_not_recomputed
+    assert kept > 0
+    assert not fit.fits(LLAMA_3_8B, replace(fit.workload_from_params(presets["qlora-24gb"], LLAMA_3_8B, GPU_24),
+                                            layers_not_recomputed=kept + 8), int(22.5 * GiB))
+
+
 def test_estimates_are_within_15_percent_of_the_measured_peaks():
     validation = load_validation()
     checked = 0
