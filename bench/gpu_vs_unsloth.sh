@@ -10,12 +10,12 @@
 #   peer-<tag>           Unsloth's loop (.whl/peer_bs2.py unsloth, PEER_STEPS steps, per-step times kept):
 #                        $OUT/unsloth-<tag>.json
 #   <tag>[+VAR=value...] kotune's train stage with gpu_backends.sh's lever LEVER (default the qlora-24gb-unsloth
-#                        levers), DATA=full, KOTUNE_STEPS steps logged every 10, with those environment
-#                        variables set for that run only: $OUT/kotune_<lever>-<tag>.json and steps_<...>.csv
-#                        (+HOST_LOAD=1: host_<...>.txt too, bench/host_load.py's report of the run's CPU use)
+#                        levers), DATA=full, KOTUNE_STEPS steps logged every KOTUNE_LOGGING, with those
+#                        environment variables set for that run only: $OUT/kotune_<lever>-<tag>.json and
+#                        steps_<...>.csv (+HOST_LOAD=1: host_<...>.txt too, bench/host_load.py's report of its CPU use)
 # KOTUNE_LOGGING=1 makes kotune's figure the median step, Unsloth's statistic (default 10: 10-step windows).
-# At most 8 files come back from the device: keep SEQ to what fits (gpu.txt, one JSON per peer run, two files
-# per kotune run). Each kotune run prints how Unsloth's offloaded checkpoints were reloaded (GCSTATS: whether
+# At most 8 files come back from the device: keep SEQ to what fits (gpu.txt, table.md, one JSON per peer run,
+# two files per kotune run, three with HOST_LOAD). Each kotune run prints how Unsloth's offloaded checkpoints were reloaded (GCSTATS: whether
 # UNSLOTH_GC_PREFETCH was on and how many reloads it queued ahead), so a lever that did not engage shows.
 set -uo pipefail
 R=${OUT:-/tmp/kotune-vs}
@@ -33,8 +33,9 @@ peer() {
 
 kotune() {
   local tag=$1; shift
-  env "$@" OUT="/tmp/k-$tag" TAG="-$tag" DATA=full GPU_TESTS=0 STEPS="${KOTUNE_STEPS:-50}" LOGGING="${KOTUNE_LOGGING:-10}" \
-    RUNS="${LEVER:-unsloth-fused-embcpu}" bash bench/gpu_backends.sh 2>&1 | grep -v "^|" | tail -3
+  env "$@" OUT="/tmp/k-$tag" TAG="-$tag" DATA=full GPU_TESTS=0 STEPS="${KOTUNE_STEPS:-50}" \
+    LOGGING="${KOTUNE_LOGGING:-10}" RUNS="${LEVER:-unsloth-fused-embcpu}" bash bench/gpu_backends.sh 2>&1 \
+    | grep -v "^|" | tail -3
   grep -h GCSTATS /tmp/k-"$tag"/log_*.txt
   cp /tmp/k-"$tag"/kotune_*.json /tmp/k-"$tag"/steps_*.csv "$R/"
   cp /tmp/k-"$tag"/host_*.txt "$R/" 2>/dev/null || true  # with +HOST_LOAD=1: the run's CPU use by thread

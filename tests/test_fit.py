@@ -115,14 +115,14 @@ def test_the_most_layers_not_recomputed_that_fit(presets):
 def test_each_gpu_preset_fits_the_card_its_name_promises(presets):
     # What a 24 GB card has for CUDA (an A10G or L4: about 22.5 GiB) and an H100 80GB (79.2 GiB). qlora-24gb spends
     # the spare memory on layers not recomputed: a preset edit that spends more must fail here, not on a GPU.
-    cards = {"qlora-24gb": 22.5, "qlora-24gb-unsloth": 22.5, "qlora-80gb": 79.2, "qlora-long-80gb": 79.2}
-    for name, gib in cards.items():
-        workload = fit.workload_from_params(presets[name], LLAMA_3_8B, fit.Gpu(name, int(gib * GiB), (8, 9), True))
-        assert fit.fits(LLAMA_3_8B, workload, int(gib * GiB)), name
-    kept = presets["qlora-24gb"].train.layers_not_recomputed
-    assert kept > 0
-    assert not fit.fits(LLAMA_3_8B, replace(fit.workload_from_params(presets["qlora-24gb"], LLAMA_3_8B, GPU_24),
-                                            layers_not_recomputed=kept + 8), int(22.5 * GiB))
+    a10g, h100 = fit.Gpu("A10G", int(22.5 * GiB), (8, 6), True), fit.Gpu("H100", int(79.2 * GiB), (9, 0), True)
+    cards = {"qlora-24gb": a10g, "qlora-24gb-unsloth": a10g, "qlora-80gb": h100, "qlora-long-80gb": h100}
+    for name, card in cards.items():
+        assert fit.fits(LLAMA_3_8B, fit.workload_from_params(presets[name], LLAMA_3_8B, card), card.total_bytes), name
+    small = fit.workload_from_params(presets["qlora-24gb"], LLAMA_3_8B, a10g)
+    assert small.layers_not_recomputed > 0
+    assert not fit.fits(LLAMA_3_8B, replace(small, layers_not_recomputed=small.layers_not_recomputed + 8),
+                        a10g.total_bytes)
 
 
 def test_estimates_are_within_15_percent_of_the_measured_peaks():
