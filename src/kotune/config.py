@@ -177,6 +177,10 @@ class TrainSection:
     # mid-step (kotune.garbage_collection); 0: Python's automatic collection
     gc_every_n_steps: int = 0
     compile_layers: bool = False  # regional torch.compile of each decoder layer: fuses the small ops; compiles first
+    # micro-batches of whole rows (full-length documents: no padding, no packing) replay their forward, loss and
+    # backward pass as one CUDA graph, so the host's launch work leaves the step (kotune.cuda_graph_step). CUDA,
+    # one process, transformers backend, model.attn_implementation varlen; other batches run as before
+    cuda_graph_step: bool = False
     # 8-bit ones need CUDA; adamw_torch_fused: one kernel for all LoRA tensors (fast; LoRA states are small)
     optim: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"] = "adamw_torch"
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
@@ -238,6 +242,10 @@ class TrainSection:
                 or self.layers_not_recomputed) and not self.gradient_checkpointing:
             raise ValueError("offload_activations, checkpoint_every_n_layers, layers_not_recomputed and "
                              "save_attention_layers apply to gradient checkpointing: set gradient_checkpointing: true")
+        if self.cuda_graph_step and (self.packing or self.num_processes > 1 or self.offload_activations):
+            raise ValueError("cuda_graph_step replays whole rows on one GPU: packed rows change shape and boundaries "
+                             "every batch, several processes synchronize inside the step, and offloading copies to "
+                             "CPU memory; turn packing, num_processes > 1 and offload_activations off, or this")
         if self.input_embeddings_on_cpu and self.num_processes > 1:
             raise ValueError("input_embeddings_on_cpu is for one process: under DDP/FSDP every module's tensors "
                              "live on its GPU")
@@ -376,6 +384,16 @@ class Params:
             if self.train.compile_layers:
                 raise ValueError("train.compile_layers with train.backend unsloth: Unsloth compiles its own "
                                  "kernels; turn one off")
+            if self.train.cuda_graph_step:
+                raise ValueError("train.cuda_graph_step with train.backend unsloth: Unsloth's offloaded "
+                                 "checkpointing copies to CPU memory inside the step, which a CUDA graph cannot hold")
+        if self.train.cuda_graph_step and self.lora.lora_dropout:
+            raise ValueError("train.cuda_graph_step with lora.lora_dropout > 0: the recomputation must draw the "
+                             "forward pass's dropout masks again, which kotune has not verified inside a CUDA graph; "
+                             "set lora.lora_dropout: 0 (as Unsloth's fast path does)")
+        if self.train.cuda_graph_step and self.model.attn_implementation != "varlen":
+            raise ValueError("train.cuda_graph_step needs model.attn_implementation: varlen (kotune's attention, which "
+                             "takes whole rows from the host without checking the mask on the GPU)")
         if self.train.distributed == "fsdp-qlora" and self.quant.load_in_4bit:
             check_fsdp_qlora(self.quant, self.model)
 

@@ -44,6 +44,9 @@ class HostEmbedding(torch.nn.Module):
         self.num_embeddings, self.embedding_dim = self.table.shape
         self.ids_on_host: torch.Tensor | None = None  # this forward's ids, set by the model's pre-hook
         self.lookups_without_host_ids = 0  # copied their ids back from the device instead (on a GPU: a host sync)
+        # Set while a CUDA graph of the training step is captured (kotune.cuda_graph_step): the graph's input rows,
+        # which every replay fills from rows_on_host() before it runs, returned instead of a lookup.
+        self.serving: torch.Tensor | None = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -52,16 +55,24 @@ class HostEmbedding(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         ids, self.ids_on_host = self.ids_on_host, None  # used once: a later call (generation) brings its own
+        if self.serving is not None:
+            return self.serving
         if ids is None or ids.shape != input_ids.shape:
             self.lookups_without_host_ids += 1
             ids = input_ids.to("cpu")  # waits for the GPU to finish everything queued before this copy
+        rows = self.rows_on_host(ids)
+        return rows.view(*input_ids.shape, self.embedding_dim).to(self.target, non_blocking=True)
+
+    def rows_on_host(self, ids: torch.Tensor) -> torch.Tensor:
+        """The rows of CPU token ids, one per id, in CPU memory (pinned when they are bound for a GPU)."""
         ids = ids.reshape(-1)
-        # Gathered straight into pinned memory (torch's host allocator caches it across steps), so the copy to
-        # the GPU below needs no staging copy and does not hold the host up.
+        # Gathered straight into pinned memory (torch's host allocator caches it across steps, and keeps a block
+        # until the copies queued from it are done), so the copy to the GPU needs no staging copy and does not
+        # hold the host up.
         rows = torch.empty((ids.numel(), self.embedding_dim), dtype=self.table.dtype,
                            pin_memory=self.target.type == "cuda")
         torch.index_select(self.table, 0, ids, out=rows)
-        return rows.view(*input_ids.shape, self.embedding_dim).to(self.target, non_blocking=True)
+        return rows
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, on the CPU, rows sent to {self.target}"

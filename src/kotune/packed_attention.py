@@ -11,11 +11,28 @@ the same way, so pad tokens cost no attention either.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
 
 NAME = "varlen"
+# Set by the trainer around a micro-batch whose rows the host knows to be whole sequences with no padding
+# (kotune.cuda_graph_step): attention then skips the two checks that read the GPU (the mask's `.all()`, the
+# boundaries' lengths). A module global, not a thread-local: the backward pass's recomputation runs the
+# layers on autograd's own thread.
+_whole_rows = False
+
+
+@contextlib.contextmanager
+def whole_rows(active: bool = True):
+    """Inside, every batch's rows are whole sequences with every token real (active=True)."""
+    global _whole_rows
+    previous, _whole_rows = _whole_rows, active
+    try:
+        yield
+    finally:
+        _whole_rows = previous
 
 
 def sequence_boundaries(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -84,6 +101,8 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
     if dropout:
         raise ValueError("the varlen attention implementation has no attention dropout")
     batch, heads, seq, dim = query.shape
+    if _whole_rows and attention_mask is None:
+        return _whole_rows_attention(query, key, value, scaling)
     q, k, v = (t.transpose(1, 2).reshape(batch * seq, t.shape[1], dim) for t in (query, key, value))
     if attention_mask is not None:
         # A padded batch: the mask function below hands over the 2D padding mask; keep the real tokens.
@@ -103,20 +122,31 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
             position_ids = torch.arange(seq, device=query.device).expand(batch, seq)
         cu, longest = _boundaries(position_ids, batch, seq)
     if cu.numel() - 1 == batch and longest == seq:
-        # One whole sequence per row (full rows, long-context documents): SDPA's causal kernel. On Hopper SDPA
-        # picks cuDNN's, 1.65x the FlashAttention-2 kernel varlen_attn runs at 131,072 tokens and 1.7x at
-        # 2 x 2,048 (bench/attention_kernels.py, H100; forcing cuDNN first changed nothing end to end).
-        out = torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, is_causal=True, scale=scaling, enable_gqa=key.shape[1] != heads)
-        return out.transpose(1, 2), None
+        return _whole_rows_attention(query, key, value, scaling)
     return _causal_varlen(q, k, v, cu, longest, scaling).view(batch, seq, heads, dim), None
+
+
+def _whole_rows_attention(query, key, value, scaling):
+    """One whole sequence per row (full rows, long-context documents): SDPA's causal kernel. On Hopper SDPA picks
+    cuDNN's, 1.65x the FlashAttention-2 kernel varlen_attn runs at 131,072 tokens and 1.7x at 2 x 2,048
+    (bench/attention_kernels.py, H100; forcing cuDNN first changed nothing end to end)."""
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, is_causal=True, scale=scaling, enable_gqa=key.shape[1] != query.shape[1])
+    return out.transpose(1, 2), None
+
+
+def varlen_mask(**kwargs):
+    """FlashAttention's mask rule (None when nothing is padded, else the 2D padding mask; never a dense one),
+    without its check on the GPU where the host knows the rows are whole (whole_rows)."""
+    from transformers.masking_utils import flash_attention_mask
+
+    return None if _whole_rows else flash_attention_mask(**kwargs)
 
 
 def register() -> None:
     """Make `attn_implementation="varlen"` known to transformers (idempotent)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(NAME, varlen_attention_forward)
-    # FlashAttention's mask rule: None when nothing is padded, else the 2D padding mask; never a dense one.
-    AttentionMaskInterface.register(NAME, flash_attention_mask)
+    AttentionMaskInterface.register(NAME, varlen_mask)

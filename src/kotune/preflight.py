@@ -27,6 +27,8 @@ def cpu_problems(params: Params) -> list[str]:
         problems.append("model.attn_implementation varlen needs CUDA (FlashAttention's kernel); use sdpa on the CPU")
     if train.backend == "unsloth":
         problems.append("train.backend unsloth needs CUDA; use transformers on the CPU")
+    if train.cuda_graph_step:
+        problems.append("train.cuda_graph_step replays CUDA graphs and needs CUDA; turn it off on the CPU")
     return problems
 
 

@@ -27,7 +27,9 @@ def trainer_class() -> type:
     """kotune's SFTTrainer on top of the current `trl.SFTTrainer` (import Unsloth before calling this)."""
     import trl
 
-    return type("SFTTrainer", (DeferredMetrics, trl.SFTTrainer), {"__module__": __name__})
+    from kotune.cuda_graph_step import GraphedSteps
+
+    return type("SFTTrainer", (GraphedSteps, DeferredMetrics, trl.SFTTrainer), {"__module__": __name__})
 
 
 class DeferredMetrics:
@@ -64,7 +66,8 @@ class DeferredMetrics:
         if "attention_mask" in inputs:
             input_tokens = inputs["attention_mask"].sum()
         else:  # padding-free batches carry position_ids instead (as TRL counts them)
-            input_tokens = torch.tensor(inputs["position_ids"].size(1), device=loss.device)
+            # A fill on the device, not a copy from the host: nothing a CUDA graph cannot hold (kotune.cuda_graph_step).
+            input_tokens = torch.full((), inputs["position_ids"].size(1), device=loss.device)
         self._pending_metrics.append(torch.stack([
             outputs.label_mask.sum().double(), outputs.entropy.detach().sum().double(),
             outputs.is_top1.sum().double(), input_tokens.double()]))

@@ -33,16 +33,19 @@ LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier
                     "logits_scaling")
 
 
-def install(model) -> bool:
+def install(model, every_position: bool = False) -> bool:
     """Wrap the forward that TRL's add_fused_lm_head patched (the base model's, under a PEFT wrapper) so that
     its fused calls score every position. Returns False, leaving the model alone, where that would cost
-    more than the syncs it saves (TRL's own kernel) or where TRL's head transforms the logits."""
+    more than the syncs it saves (TRL's own kernel, unless every_position) or where TRL's head transforms the
+    logits. every_position: with TRL's own kernel too, for a step that must not wait for the GPU at all (a CUDA
+    graph, kotune.cuda_graph_step); its targets are clamped into range, as TRL's own ungathered path does."""
     import trl.trainer.utils as trl_utils
 
     model = model.get_base_model() if hasattr(model, "get_base_model") else model  # where TRL put its head
     config = model.config.get_text_config()
     kernel = getattr(trl_utils, "_ChunkedLogProbFunction", None)  # None: a TRL without the fused head
-    if not skips_unlabelled(kernel) or getattr(config, "output_router_logits", False) \
+    if kernel is None or not (skips_unlabelled(kernel) or every_position) \
+            or getattr(config, "output_router_logits", False) \
             or any(getattr(config, name, None) is not None for name in LOGIT_TRANSFORMS):
         return False
     trl_forward = model.forward
@@ -80,8 +83,10 @@ def score(hidden: torch.Tensor, head, labels: torch.Tensor, num_items_in_batch=N
 
     kernel = trl_utils._ChunkedLogProbFunction  # looked up per call: Unsloth swaps its own kernel in
     mask = labels != -100
-    # Only installed with a kernel that skips targets out of range (-100) itself: the labels go in as they are.
-    per_token = kernel.apply(hidden.reshape(-1, hidden.size(-1)), head.weight, head.bias, labels.reshape(-1),
+    # A kernel that skips targets out of range (-100) takes the labels as they are; TRL's own needs them in range
+    # (the unlabelled positions are zeroed below either way).
+    targets = labels if skips_unlabelled(kernel) else labels.clamp(min=0)
+    per_token = kernel.apply(hidden.reshape(-1, hidden.size(-1)), head.weight, head.bias, targets.reshape(-1),
                              1.0, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0, SFT_OUTPUTS)
     log_probs, entropy, _, _, is_top1 = (None if x is None else x.view(mask.shape).masked_fill(~mask, 0)
                                          for x in per_token)

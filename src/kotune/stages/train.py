@@ -119,9 +119,16 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
         log.info("input embeddings in CPU memory: %.2f GiB less on the GPU", freed / 2**30)
     from kotune import static_lm_head
 
-    fed_every_position = static_lm_head.install(trainer.model)
+    # A CUDA graph of the step cannot hold the gathers, whatever kernel is in TRL's slot.
+    fed_every_position = static_lm_head.install(trainer.model, every_position=params.train.cuda_graph_step)
     log.info("LM head: %s", "every position in one shape (no gathers: 4 fewer host syncs)" if fed_every_position
              else "TRL's fused head")
+    if params.train.cuda_graph_step:
+        from kotune import cuda_graph_step
+
+        trainer.enable_cuda_graph_step()
+        log.info("cuda_graph_step: micro-batches of whole rows replay one CUDA graph after %d without it",
+                 cuda_graph_step.WARMUP_MICRO_BATCHES)
     # Read back from the trainer: Unsloth's copy of it may have changed what SFTConfig asked for.
     log.info("mixed precision: %s", "bf16 autocast" if trainer.args.bf16 else "fp16 autocast" if trainer.args.fp16
              else "none (no autocast: each layer computes in its own weights' dtype)")
@@ -169,7 +176,10 @@ def run_training(trainer, resume: Path | None, params: Params):
 
     try:
         with restored_afterwards():  # train.gc_every_n_steps switches automatic collection off while training
-            return trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if params.train.cuda_graph_step:
+            log.info("cuda_graph_step: micro-batches %s", dict(trainer.graph_step_counts) or "none")
+        return result
     except Exception as exc:
         error = out_of_memory(exc, params) or checkpoints.checkpoint_disk_full(
             exc, Path(trainer.args.output_dir), params.train.save_total_limit)
