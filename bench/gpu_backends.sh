@@ -70,6 +70,10 @@ declare -A LEVERS=(
   [tf-varlen-fused-compile-keep12]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true train.layers_not_recomputed=12"
   [tf-varlen-liger-fused-compile]="model.attn_implementation=varlen train.use_liger_kernel=true train.optim=adamw_torch_fused train.compile_layers=true"
   [tf-varlen-fused-compile-embcpu]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true train.input_embeddings_on_cpu=true"
+  # full-length rows through the transformers backend, replayed from one CUDA graph a micro-batch (train.cuda_graph_step),
+  # with and without compiled layers; the plain run to compare with is tf-varlen-fused-compile-embcpu
+  [tf-full-graph]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true train.input_embeddings_on_cpu=true train.cuda_graph_step=true"
+  [tf-full-graph-eager]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.input_embeddings_on_cpu=true train.cuda_graph_step=true"
   [tf-varlen-fused-compile-offload]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true train.offload_activations=true"
   [tf-varlen-liger-fused-compile-offload]="model.attn_implementation=varlen train.use_liger_kernel=true train.optim=adamw_torch_fused train.compile_layers=true train.offload_activations=true"
   # KoAlpaca unpacked, 16 conversations a batch padded to the longest (the bs 16 reference): shuffled, or

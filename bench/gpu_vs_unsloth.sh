@@ -10,7 +10,7 @@
 #   peer-<tag>           Unsloth's loop (.whl/peer_bs2.py unsloth, PEER_STEPS steps, per-step times kept):
 #                        $OUT/unsloth-<tag>.json
 #   <tag>[+VAR=value...] kotune's train stage with gpu_backends.sh's lever LEVER (default the qlora-24gb-unsloth
-#                        levers), DATA=full, KOTUNE_STEPS steps logged every KOTUNE_LOGGING, with those
+#                        levers; +LEVER=<name> for this run only), DATA=full, KOTUNE_STEPS steps logged every KOTUNE_LOGGING, with those
 #                        environment variables set for that run only: $OUT/kotune_<lever>-<tag>.json and
 #                        steps_<...>.csv (+HOST_LOAD=1: host_<...>.txt too, bench/host_load.py's report of its CPU use)
 # KOTUNE_LOGGING=1 makes kotune's figure the median step, Unsloth's statistic (default 10: 10-step windows).
@@ -32,9 +32,10 @@ peer() {
 }
 
 kotune() {
-  local tag=$1; shift
+  local tag=$1 lever=${LEVER:-unsloth-fused-embcpu} setting; shift
+  for setting in "$@"; do [[ $setting == LEVER=* ]] && lever=${setting#LEVER=}; done  # k1+LEVER=...: this run's
   env "$@" OUT="/tmp/k-$tag" TAG="-$tag" DATA=full GPU_TESTS=0 STEPS="${KOTUNE_STEPS:-50}" \
-    LOGGING="${KOTUNE_LOGGING:-10}" RUNS="${LEVER:-unsloth-fused-embcpu}" bash bench/gpu_backends.sh 2>&1 \
+    LOGGING="${KOTUNE_LOGGING:-10}" RUNS="$lever" bash bench/gpu_backends.sh 2>&1 \
     | grep -v "^|" | tail -3
   grep -h GCSTATS /tmp/k-"$tag"/log_*.txt
   cp /tmp/k-"$tag"/kotune_*.json /tmp/k-"$tag"/steps_*.csv "$R/"

@@ -135,12 +135,12 @@ def _whole_rows_attention(query, key, value, scaling):
     return out.transpose(1, 2), None
 
 
-def varlen_mask(**kwargs):
+def varlen_mask(*args, **kwargs):
     """FlashAttention's mask rule (None when nothing is padded, else the 2D padding mask; never a dense one),
     without its check on the GPU where the host knows the rows are whole (whole_rows)."""
     from transformers.masking_utils import flash_attention_mask
 
-    return None if _whole_rows else flash_attention_mask(**kwargs)
+    return None if _whole_rows else flash_attention_mask(*args, **kwargs)
 
 
 def register() -> None:
