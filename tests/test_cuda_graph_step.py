@@ -43,24 +43,35 @@ class DeviceReads(TorchDispatchMode):
 
 
 def emulated_capture(model, reads: list):
-    def capture(step):
+    """CPU stand-in for cuda_graph_step.capture. A capture runs nothing, so the step's run here must leave the
+    gradients as they were (an accumulating capture) or become the graph's own (a first one); a replay rewrites
+    the outputs and, for a first graph, the gradients it made, in place."""
+    def capture(step, pool=None):
         params = [p for p in model.parameters() if p.requires_grad]
-        kept = [p.grad for p in params]
-        for p in params:  # a capture runs nothing: this run's gradients must not count
-            p.grad = None
+        first = all(p.grad is None for p in params)
+        kept = None if first else [p.grad.clone() for p in params]
         watch = DeviceReads()
         with watch:
             outputs = step()
         reads.extend(watch.seen)
-        for p, grad in zip(params, kept, strict=True):
-            p.grad = grad
+        made = [p.grad for p in params]
+        if not first:
+            for grad, value in zip(made, kept, strict=True):
+                grad.copy_(value)
 
         def replay():
+            if first:
+                for p in params:
+                    p.grad = None
             for static, fresh in zip(outputs, step(), strict=True):
                 if static is not None:
                     static.copy_(fresh)
+            if first:  # the kernels wrote into the graph's gradients; the weights' .grad is left as it was
+                for p, grad in zip(params, made, strict=True):
+                    grad.copy_(p.grad)
+                    p.grad = None
 
-        return replay, outputs
+        return replay, outputs, "pool"
 
     return capture
 
@@ -96,25 +107,32 @@ def build(work, tiny_model_dir, data, **train_params):
     return trainer
 
 
-@pytest.mark.parametrize("embeddings_on_cpu", [False, True], ids=["embeddings-on-device", "embeddings-on-cpu"])
+# 8 micro-batches either way. The first 2 run as before (compile, warm-up); then each kind is captured (the first
+# micro-batch of an optimizer step; with accumulation, the later one) and every later one replays.
+@pytest.mark.parametrize("embeddings_on_cpu, accumulation, counts", [
+    (False, 2, {"whole rows, without the graph": 2, "replayed, first": 3, "replayed, accumulating": 3}),
+    (True, 2, {"whole rows, without the graph": 2, "replayed, first": 3, "replayed, accumulating": 3}),
+    (False, 1, {"whole rows, without the graph": 2, "replayed, first": 6}),
+], ids=["embeddings-on-device", "embeddings-on-cpu", "no-accumulation"])
 def test_replayed_micro_batches_train_and_log_like_steps_without_the_graph(
-        tmp_path, tiny_model_dir, whole_rows_data, varlen_on_cpu, monkeypatch, embeddings_on_cpu):
-    plain = build(tmp_path / "plain", tiny_model_dir, whole_rows_data, input_embeddings_on_cpu=embeddings_on_cpu)
+        tmp_path, tiny_model_dir, whole_rows_data, varlen_on_cpu, monkeypatch, embeddings_on_cpu, accumulation,
+        counts):
+    steps = {"input_embeddings_on_cpu": embeddings_on_cpu, "gradient_accumulation_steps": accumulation,
+             "max_steps": 8 // accumulation}
+    plain = build(tmp_path / "plain", tiny_model_dir, whole_rows_data, **steps)
     plain.train()
     want = logged_rows(plain)
 
     reads = []
-    graphed = build(tmp_path / "graphed", tiny_model_dir, whole_rows_data, input_embeddings_on_cpu=embeddings_on_cpu,
-                    cuda_graph_step=True)
+    graphed = build(tmp_path / "graphed", tiny_model_dir, whole_rows_data, cuda_graph_step=True, **steps)
     monkeypatch.setattr(cuda_graph_step, "capture", emulated_capture(graphed.model, reads))
     graphed.train()
     got = logged_rows(graphed)
 
-    # 4 optimizer steps of 2 micro-batches: 2 run as before (compile, warm-up), the third is captured and replayed.
-    assert dict(graphed.graph_step_counts) == {"whole rows, without the graph": 2, "replayed": 6}
+    assert dict(graphed.graph_step_counts) == counts
     assert reads == [], "the captured step must not read anything back from the device"
-    assert graphed.state.num_input_tokens_seen == plain.state.num_input_tokens_seen == 4 * 2 * 2 * ROW
-    assert len(got) == len(want) == 4
+    assert graphed.state.num_input_tokens_seen == plain.state.num_input_tokens_seen == 8 * 2 * ROW
+    assert len(got) == len(want) == 8 // accumulation
     for mine, theirs in zip(got, want, strict=True):
         for key in TRACKED:
             assert mine[key] == pytest.approx(theirs[key], rel=1e-4), key
@@ -128,7 +146,8 @@ def test_padded_or_packed_batches_run_without_the_graph(tmp_path, tiny_model_dir
     monkeypatch.setattr(cuda_graph_step, "capture", emulated_capture(trainer.model, []))
     trainer.train()
     counts = trainer.graph_step_counts
-    assert counts["replayed"] == 0 and counts["not whole rows"] >= 4 and sum(counts.values()) == 8
+    assert not any("replayed" in kind for kind in counts)
+    assert counts["not whole rows"] >= 4 and sum(counts.values()) == 8
 
 
 def test_which_batches_are_whole_rows():
@@ -142,14 +161,14 @@ def test_which_batches_are_whole_rows():
 
 def test_a_failed_capture_leaves_the_run_training_without_graphs(tmp_path, tiny_model_dir, whole_rows_data,
                                                                  varlen_on_cpu, monkeypatch, caplog):
-    def refuse(step):
+    def refuse(step, pool=None):
         raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(cuda_graph_step, "capture", refuse)
     trainer = build(tmp_path / "refused", tiny_model_dir, whole_rows_data, cuda_graph_step=True)
     trainer.train()
     assert "could not be captured" in caplog.text and "not permitted" in caplog.text
-    assert trainer.graph_step_counts["replayed"] == 0 and trainer.state.global_step == 4
+    assert not any("replayed" in kind for kind in trainer.graph_step_counts) and trainer.state.global_step == 4
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -182,7 +201,8 @@ def test_a_real_graph_replays_and_trains_like_steps_without_it(tmp_path, tiny_mo
 
     want = logged_rows(trained(tmp_path / "plain", input_embeddings_on_cpu=True))
     graphed = trained(tmp_path / "graphed", input_embeddings_on_cpu=True, cuda_graph_step=True)
-    assert dict(graphed.graph_step_counts) == {"whole rows, without the graph": 2, "replayed": 6}
+    assert dict(graphed.graph_step_counts) == {"whole rows, without the graph": 2, "replayed, first": 3,
+                                               "replayed, accumulating": 3}
     got = logged_rows(graphed)
     assert len(got) == len(want) == 4
     for mine, theirs in zip(got, want, strict=True):

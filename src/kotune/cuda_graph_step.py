@@ -16,16 +16,18 @@ data-dependent shape), and it replays the same addresses and the same shapes. So
 - attention is told so from the host (`kotune.packed_attention.whole_rows`) instead of checking the mask
   on the GPU, and TRL's fused LM head scores every position instead of gathering the labelled ones
   (`kotune.static_lm_head`, with TRL's kernel too);
-- each replay copies the batch into the graph's input tensors, and the gradients accumulate into tensors
-  the graph owns, put back on the LoRA weights before every replay (the Trainer sets them to None after
-  each optimizer step);
+- each replay copies the batch into the graph's input tensors. The first micro-batch of an optimizer step
+  replays a graph that makes the gradients (in its own memory, handed to the LoRA weights after each replay:
+  the Trainer sets them to None after each optimizer step); with gradient accumulation, the later ones replay
+  a second graph that adds into those (`StepGraph`);
 - with the input embeddings on the CPU, each replay's rows are looked up there and copied into the graph's
   input rows before it runs.
 The first two micro-batches of that shape run as before (they compile the layers and warm the kernels up);
-the third is captured and replayed. A capture that fails is logged and the run goes on without graphs.
+the next one of each kind is captured and replayed. A capture that fails is logged and the run goes on
+without graphs.
 
-Memory: the graph keeps its own pool, the size of one step's activations, and the allocator's peak is that
-of an ordinary step (measured on the device, bench/results/).
+Memory: the two graphs share one pool, which holds what one micro-batch's step allocates at its peak, as a
+step without the graph would (measured on the device: bench/results/2026-11-24-h100-issue6.md).
 """
 
 from __future__ import annotations
@@ -75,30 +77,43 @@ def with_batch_facts(collator):
     return collate
 
 
-def capture(step):
-    """Capture step() into a CUDA graph without running it; returns the graph's replay and step()'s outputs, which
-    every replay rewrites in place. (The CPU tests swap in an emulation: a graph needs a GPU.)"""
+def capture(step, pool=None):
+    """Capture step() into a CUDA graph without running it; returns the graph's replay, step()'s outputs (which
+    every replay rewrites in place) and the graph's memory pool, which the graph of the other kind of micro-batch
+    shares (`pool`). The CPU tests swap in an emulation: a graph needs a GPU."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):  # synchronizes and empties the allocator's cache first
+    with torch.cuda.graph(graph, pool=pool):  # synchronizes and empties the allocator's cache first
         outputs = step()
-    return graph.replay, outputs
+    return graph.replay, outputs, graph.pool()
+
+
+FIRST = "first"  # the first micro-batch of an optimizer step: no gradients yet, the graph makes them
+ACCUMULATING = "accumulating"  # a later one (gradient_accumulation_steps > 1): the graph adds into the first's
 
 
 class StepGraph:
-    """One captured micro-batch step and the tensors it reads and writes."""
+    """One captured micro-batch step and the tensors it reads and writes.
 
-    def __init__(self, key, inputs: dict, num_items_in_batch, params: list[torch.Tensor],
-                 host: HostEmbedding | None):
-        self.key, self.params, self.host = key, params, host
-        self.inputs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        self.num_items = None if num_items_in_batch is None else torch.as_tensor(
-            num_items_in_batch, device=self.device).clone()
-        self.rows = None if host is None else torch.empty(
-            (*self.inputs["input_ids"].shape, host.embedding_dim), dtype=host.table.dtype, device=self.device)
-        # Allocated before the capture, outside the graph's pool: the graph adds each micro-batch's gradients
-        # into them, as autograd adds into a .grad that exists.
-        self.grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-        self.replay, self.loss, self.metrics_row = None, None, None
+    A FIRST graph is captured with every .grad None, as the Trainer leaves them after an optimizer step, so
+    autograd hands each weight the gradient it computed, in memory of the graph's pool: gradients exist from the
+    backward pass on, as in a step without the graph, and the pool reuses for them what the forward pass freed.
+    After each replay they are put back on the weights. An ACCUMULATING graph is captured with those tensors on
+    the weights and adds into them, as autograd adds into a .grad that exists.
+    """
+
+    def __init__(self, key, kind: str, inputs: dict, num_items_in_batch, params: list[torch.Tensor],
+                 host: HostEmbedding | None, sibling: StepGraph | None):
+        self.key, self.kind, self.params, self.host = key, kind, params, host
+        if sibling is not None:  # the other kind's graph of the same shape: one set of input tensors for both
+            self.inputs, self.num_items, self.rows = sibling.inputs, sibling.num_items, sibling.rows
+        else:
+            self.inputs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+            self.num_items = None if num_items_in_batch is None else torch.as_tensor(
+                num_items_in_batch, device=self.device).clone()
+            self.rows = None if host is None else torch.empty(
+                (*self.inputs["input_ids"].shape, host.embedding_dim), dtype=host.table.dtype, device=self.device)
+        self.grads = None if kind == FIRST else [p.grad for p in params]
+        self.replay, self.loss, self.metrics_row, self.pool = None, None, None, None
 
     @property
     def device(self) -> torch.device:
@@ -119,21 +134,16 @@ class StepGraph:
             ids = ids_on_host if ids_on_host is not None else inputs["input_ids"].to("cpu")
             self.rows.copy_(self.host.rows_on_host(ids).view_as(self.rows), non_blocking=True)
 
-    def attach_grads(self) -> None:
-        """Put the graph's gradient tensors back on the weights: zeroed where the optimizer step dropped them,
-        holding the accumulated values where a step that ran without the graph left its own."""
-        dropped = []
-        for param, grad in zip(self.params, self.grads, strict=True):
-            current = param.grad
-            if current is grad:
-                continue
-            if current is None:
-                dropped.append(grad)
-            else:
-                grad.copy_(current)
-            param.grad = grad
-        if dropped:
-            torch._foreach_zero_(dropped)
+    def captured(self, replay, outputs, pool) -> None:
+        self.replay, (self.loss, self.metrics_row), self.pool = replay, outputs, pool
+        if self.kind == FIRST:
+            self.grads = [p.grad for p in self.params]  # in the graph's pool; each replay rewrites them
+
+    def run(self) -> None:
+        self.replay()
+        if self.kind == FIRST:
+            for param, grad in zip(self.params, self.grads, strict=True):
+                param.grad = grad
 
 
 class GraphedSteps:
@@ -141,10 +151,11 @@ class GraphedSteps:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._step_graph: StepGraph | None = None
+        self._step_graphs: dict[tuple, StepGraph] = {}  # (key, kind) -> graph; one key, up to two kinds
         self._graphs_on = False
+        self._graph_params: list[torch.Tensor] | None = None
         self._shapes_seen: Counter = Counter()
-        self.graph_step_counts = Counter()  # replayed / without the graph (whole rows, other shape) / not whole rows
+        self.graph_step_counts = Counter()  # how the training micro-batches ran
 
     def enable_cuda_graph_step(self) -> None:
         self._graphs_on = True
@@ -159,24 +170,44 @@ class GraphedSteps:
             if not whole or not self._runs_trl_default_loss() or not model.training:
                 self.graph_step_counts["not whole rows" if not whole else "other loss"] += 1
                 return super().training_step(model, inputs, num_items_in_batch)
+            if self._graph_params is None:
+                self._graph_params = [p for p in model.parameters() if p.requires_grad]
             key = self._step_key(inputs, num_items_in_batch)
-            if self._step_graph is not None and key == self._step_graph.key:
-                return self._replay(inputs, num_items_in_batch)
-            if self._step_graph is None and self._shapes_seen[key] >= WARMUP_MICRO_BATCHES:
-                graph = self._capture(model, inputs, num_items_in_batch, key)
+            kind = self._kind(key)
+            graph = self._step_graphs.get((key, kind))
+            if graph is not None:
+                return self._replay(graph, inputs, num_items_in_batch)
+            if kind is not None and self._may_capture(key) and self._shapes_seen[key] >= WARMUP_MICRO_BATCHES:
+                graph = self._capture(model, inputs, num_items_in_batch, key, kind)
                 if graph is not None:
-                    self._step_graph = graph
-                    log.info("cuda_graph_step: captured the step of %s micro-batches",
-                             " x ".join(map(str, inputs["input_ids"].shape)))
-                    return self._replay(inputs, num_items_in_batch)
+                    self._step_graphs[(key, kind)] = graph
+                    log.info("cuda_graph_step: captured the step of %s micro-batches (%s of an optimizer step)",
+                             " x ".join(map(str, inputs["input_ids"].shape)), kind)
+                    return self._replay(graph, inputs, num_items_in_batch)
             self._shapes_seen[key] += 1
             self.graph_step_counts["whole rows, without the graph"] += 1
             return super().training_step(model, inputs, num_items_in_batch)
 
+    def _kind(self, key) -> str | None:
+        """FIRST where no weight has a gradient yet; ACCUMULATING where the weights hold the FIRST graph's own
+        gradient tensors (the addresses the graph adds into); None otherwise (a step that ran without the graph
+        began this optimizer step): this micro-batch runs without a graph."""
+        grads = [p.grad for p in self._graph_params]
+        if all(g is None for g in grads):
+            return FIRST
+        first = self._step_graphs.get((key, FIRST))
+        if first is not None and all(g is f for g, f in zip(grads, first.grads, strict=True)):
+            return ACCUMULATING
+        return None
+
+    def _may_capture(self, key) -> bool:
+        """One shape gets graphs (each holds a step's activations in its pool): the first one captured."""
+        return all(captured_key == key for captured_key, _ in self._step_graphs)
+
     def _step_key(self, inputs, num_items_in_batch):
         """What the graph bakes in: the inputs' shapes and types, and the host-side choices made in the step."""
         fields = tuple(sorted((name, tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else (name, type(v))
-                              for name, v in inputs.items()))
+                              for name, v in inputs.items() if name != HOST_IDS))
         items = None if num_items_in_batch is None else (type(num_items_in_batch), getattr(num_items_in_batch,
                                                                                           "dtype", None))
         return fields, items, getattr(self, "current_gradient_accumulation_steps", None), torch.is_grad_enabled()
@@ -185,15 +216,13 @@ class GraphedSteps:
         embedding = model.get_input_embeddings()
         return embedding if isinstance(embedding, HostEmbedding) else None
 
-    def _capture(self, model, inputs, num_items_in_batch, key) -> StepGraph | None:
+    def _capture(self, model, inputs, num_items_in_batch, key, kind) -> StepGraph | None:
         inputs = dict(inputs)
         carried = inputs.pop(HOST_IDS, None)
         host = self._host_embedding(model)
-        params = [p for p in model.parameters() if p.requires_grad]
-        graph = StepGraph(key, inputs, num_items_in_batch, params, host)
+        sibling = next(iter(self._step_graphs.values()), None)  # same key (_may_capture): share its inputs, pool
+        graph = StepGraph(key, kind, inputs, num_items_in_batch, self._graph_params, host, sibling)
         graph.load(inputs, num_items_in_batch, carried.ids if isinstance(carried, IdsOnHost) else None)
-        graph.attach_grads()
-        pending = len(self._pending_metrics)
 
         def step():
             pending = len(self._pending_metrics)
@@ -202,28 +231,30 @@ class GraphedSteps:
             del self._pending_metrics[pending:]
             return loss, rows[0] if rows else None
 
+        pending = len(self._pending_metrics)
         try:
             if host is not None:
                 host.serving = graph.rows
-            graph.replay, (graph.loss, graph.metrics_row) = capture(step)
+            graph.captured(*capture(step, pool=sibling.pool if sibling is not None else None))
         except Exception as exc:  # noqa: BLE001 - any failure to capture leaves the run as it was
             log.warning("cuda_graph_step: the step could not be captured, so it runs without a graph: %s",
                         str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             self._graphs_on = False
             del self._pending_metrics[pending:]
+            if kind == FIRST:  # a capture that got into the backward pass left graph memory on the weights
+                for param in self._graph_params:
+                    param.grad = None
             return None
         finally:
             if host is not None:
                 host.serving = None
         return graph
 
-    def _replay(self, inputs, num_items_in_batch) -> torch.Tensor:
-        graph = self._step_graph
+    def _replay(self, graph: StepGraph, inputs, num_items_in_batch) -> torch.Tensor:
         carried = inputs.pop(HOST_IDS, None)
         graph.load(inputs, num_items_in_batch, carried.ids if isinstance(carried, IdsOnHost) else None)
-        graph.attach_grads()
-        graph.replay()
-        self.graph_step_counts["replayed"] += 1
+        graph.run()
+        self.graph_step_counts[f"replayed, {graph.kind}"] += 1
         if graph.metrics_row is not None:
             self._pending_metrics.append(graph.metrics_row.clone())
         return graph.loss.clone()
