@@ -181,7 +181,7 @@ class GraphedSteps:
                 graph = self._capture(model, inputs, num_items_in_batch, key, kind)
                 if graph is not None:
                     self._step_graphs[(key, kind)] = graph
-                    log.info("cuda_graph_step: captured the step of %s micro-batches (%s of an optimizer step)",
+                    log.info("captured the step of %s micro-batches (%s of an optimizer step)",
                              " x ".join(map(str, inputs["input_ids"].shape)), kind)
                     return self._replay(graph, inputs, num_items_in_batch)
             self._shapes_seen[key] += 1
@@ -237,7 +237,7 @@ class GraphedSteps:
                 host.serving = graph.rows
             graph.captured(*capture(step, pool=sibling.pool if sibling is not None else None))
         except Exception as exc:  # noqa: BLE001 - any failure to capture leaves the run as it was
-            log.warning("cuda_graph_step: the step could not be captured, so it runs without a graph: %s",
+            log.warning("the step could not be captured, so it runs without a graph: %s",
                         str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             self._graphs_on = False
             del self._pending_metrics[pending:]
