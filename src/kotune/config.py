@@ -181,6 +181,9 @@ class TrainSection:
     # backward pass as one CUDA graph, so the host's launch work leaves the step (kotune.cuda_graph_step). CUDA,
     # one process, transformers backend, model.attn_implementation varlen; other batches run as before
     cuda_graph_step: bool = False
+    # each 4-bit LoRA layer adds its LoRA product into the base output inside one matmul (torch.addmm) instead of
+    # PEFT's copy, scale and add passes over the output (kotune.lora_addmm); under autocast, transformers backend
+    fuse_lora_output: bool = False
     # 8-bit ones need CUDA; adamw_torch_fused: one kernel for all LoRA tensors (fast; LoRA states are small)
     optim: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"] = "adamw_torch"
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
@@ -384,6 +387,9 @@ class Params:
             if self.train.compile_layers:
                 raise ValueError("train.compile_layers with train.backend unsloth: Unsloth compiles its own "
                                  "kernels; turn one off")
+            if self.train.fuse_lora_output:
+                raise ValueError("train.fuse_lora_output with train.backend unsloth: Unsloth's LoRA kernels add the "
+                                 "LoRA product in the matmul already; turn it off")
             if self.train.cuda_graph_step:
                 raise ValueError("train.cuda_graph_step with train.backend unsloth: Unsloth's offloaded "
                                  "checkpointing copies to CPU memory inside the step, which a CUDA graph cannot hold")

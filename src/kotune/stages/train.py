@@ -119,6 +119,11 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
         log.info("input embeddings in CPU memory: %.2f GiB less on the GPU", freed / 2**30)
     from kotune import static_lm_head
 
+    if params.train.fuse_lora_output:
+        from kotune import lora_addmm
+
+        log.info("fuse_lora_output: %d 4-bit LoRA layers add their product inside the matmul",
+                 lora_addmm.fuse(trainer.model))
     # A CUDA graph of the step cannot hold the gathers, whatever kernel is in TRL's slot.
     fed_every_position = static_lm_head.install(trainer.model, every_position=params.train.cuda_graph_step)
     log.info("LM head: %s", "every position in one shape (no gathers: 4 fewer host syncs)" if fed_every_position
