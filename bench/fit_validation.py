@@ -104,6 +104,13 @@ ROWS = [
     Row("  + input_embeddings_on_cpu (qlora-24gb-unsloth's levers)", 5.93, ISSUE6,
         (*PACKED, "train.packing=false", "train.backend=unsloth", "train.optim=adamw_torch_fused",
          "train.input_embeddings_on_cpu=true")),
+    # fourteenth session (calls 64-65): the transformers backend on full-length rows with the step as one CUDA graph
+    Row("full-length, varlen + fused + compile + embeddings on CPU + cuda_graph_step", 6.78, ISSUE6,
+        (*PACKED, *VARLEN_FUSED, "train.packing=false", "train.compile_layers=true",
+         "train.input_embeddings_on_cpu=true", "train.cuda_graph_step=true")),
+    Row("  + fuse_lora_output", 6.45, ISSUE6,
+        (*PACKED, *VARLEN_FUSED, "train.packing=false", "train.compile_layers=true",
+         "train.input_embeddings_on_cpu=true", "train.cuda_graph_step=true", "train.fuse_lora_output=true")),
     # conf/train presets as shipped (LoRA dropout 0.05, gradient accumulation), Llama-3-8B shape.
     Row("qlora-24gb preset, layers_not_recomputed 0 (as shipped then)", 7.984, FIT,
         ("model=llama-3-8b", "train=qlora-24gb", "train.layers_not_recomputed=0"), acceptance=True),

@@ -34,7 +34,7 @@ def load_validation():
 @pytest.fixture(scope="module")
 def presets():
     return {name: compose(["model=llama-3-8b", f"train={name}"], CONF)
-            for name in ("qlora-24gb", "qlora-24gb-unsloth", "qlora-80gb", "qlora-long-80gb")}
+            for name in ("qlora-24gb", "qlora-24gb-unsloth", "qlora-24gb-full", "qlora-80gb", "qlora-long-80gb")}
 
 
 def test_llama3_8b_weights_in_4bit_with_double_quant_are_5_7_gb():
@@ -116,7 +116,8 @@ def test_each_gpu_preset_fits_the_card_its_name_promises(presets):
     # What a 24 GB card has for CUDA (an A10G or L4: about 22.5 GiB) and an H100 80GB (79.2 GiB). qlora-24gb spends
     # the spare memory on layers not recomputed: a preset edit that spends more must fail here, not on a GPU.
     a10g, h100 = fit.Gpu("A10G", int(22.5 * GiB), (8, 6), True), fit.Gpu("H100", int(79.2 * GiB), (9, 0), True)
-    cards = {"qlora-24gb": a10g, "qlora-24gb-unsloth": a10g, "qlora-80gb": h100, "qlora-long-80gb": h100}
+    cards = {"qlora-24gb": a10g, "qlora-24gb-unsloth": a10g, "qlora-24gb-full": a10g, "qlora-80gb": h100,
+             "qlora-long-80gb": h100}
     for name, card in cards.items():
         assert fit.fits(LLAMA_3_8B, fit.workload_from_params(presets[name], LLAMA_3_8B, card), card.total_bytes), name
     small = fit.workload_from_params(presets["qlora-24gb"], LLAMA_3_8B, a10g)
