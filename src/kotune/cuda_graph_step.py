@@ -1,11 +1,12 @@
 """train.cuda_graph_step: a micro-batch of whole rows runs its forward, loss and backward pass as one
 replayed CUDA graph.
 
-Why: on the transformers backend the 8B QLoRA step at 2 x 2,048 tokens is host-bound. Its GPU kernels took
-384 ms of a 457 ms step, 14% less GPU work than Unsloth's step, but the host needs longer than that to queue
-them: ~7,800 kernel launches through Python, PEFT, bitsandbytes' dispatch, Dynamo's guards and the compiled
-graphs' wrappers (bench/results/2026-11-24-h100-issue6.md, call 10). A captured graph replays every one of
-those launches with one call, so the step costs its GPU time, whatever the host is doing meanwhile.
+Why: on the transformers backend the 8B QLoRA step at 2 x 2,048 tokens is host-bound: the host needs longer
+to queue its ~7,800 kernel launches (through Python, PEFT, bitsandbytes' dispatch, Dynamo's guards and the
+compiled graphs' wrappers) than the GPU needs to run them, and how much longer depends on the host
+(bench/results/2026-11-24-h100-issue6.md, calls 10-62). A captured graph replays every one of those launches
+with one call, so the step costs its GPU time, whatever the host is doing meanwhile: on an H100, 9,805-9,807
+tokens/s on two hosts against 9,038 and drifting without it (calls 63-65).
 
 What a graph can hold: nothing in it may wait for the GPU (no `.item()`, no boolean gather, no
 data-dependent shape), and it replays the same addresses and the same shapes. So:
