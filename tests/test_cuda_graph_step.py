@@ -13,7 +13,6 @@ import json
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from kotune import cuda_graph_step, modeling, packed_attention
 from kotune.config import ConfigError, load_params, params_from_dict
@@ -21,25 +20,17 @@ from kotune.stages import train
 from tests.conftest import FAST, params_file, stage_args
 from tests.test_packed_attention import reference_causal_varlen
 from tests.test_sft_trainer import TRACKED, logged_rows
+from tests.test_static_lm_head import DataDependentShapes
 
 pytestmark = pytest.mark.unit
 
 ROW = 48  # tokens per row: every text record is longer, so every row is cut to a whole row
 
 
-class DeviceReads(TorchDispatchMode):
+class DeviceReads(DataDependentShapes):
     """The ops a CUDA graph cannot hold: reading a value back (`.item()`, `bool()`) or a data-dependent shape."""
 
-    OPS = ("_local_scalar_dense", "nonzero", "masked_select", "masked_scatter", "is_nonzero")
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if any(op in func.__name__ for op in self.OPS):
-            self.seen.append(func.__name__)
-        return func(*args, **(kwargs or {}))
+    OPS = (*DataDependentShapes.OPS, "_local_scalar_dense", "is_nonzero")
 
 
 def emulated_capture(model, reads: list):
