@@ -87,14 +87,14 @@ def varlen_on_cpu(monkeypatch):
     monkeypatch.setattr(packed_attention, "_causal_varlen", reference_causal_varlen)
 
 
-def build(work, tiny_model_dir, data, **train_params):
+def build(work, tiny_model_dir, data, device="cpu", **train_params):
     work.mkdir()
     params = load_params(params_file(work / "params.yaml", tiny_model_dir, data={"max_tokens": ROW},
                                      model={"attn_implementation": "varlen"}, lora={"lora_dropout": 0.0}, train={
         **FAST, "max_steps": 4, "logging_steps": 1, "per_device_train_batch_size": 2, "max_length": ROW,
-        "gradient_accumulation_steps": 2, "gradient_checkpointing": True, **train_params}))
+        "gradient_accumulation_steps": 2, "gradient_checkpointing": True, "device": device, **train_params}))
     args = train.parse_args(stage_args(work, work / "params.yaml", data))
-    trainer, _, _ = train.build_trainer(params, args, "cpu", "test", train.load_data(data))
+    trainer, _, _ = train.build_trainer(params, args, device, "test", train.load_data(data))
     return trainer
 
 
@@ -180,13 +180,7 @@ def test_a_real_graph_replays_and_trains_like_steps_without_it(tmp_path, tiny_mo
     """On a GPU: the step is captured for real, every later micro-batch of whole rows replays it, and the
     logged figures stay those of the same run without the graph (bf16 kernels: within 1e-3)."""
     def trained(work, **train_params):
-        work.mkdir()
-        params = load_params(params_file(work / "params.yaml", tiny_model_dir, data={"max_tokens": ROW},
-                                         model={"attn_implementation": "varlen"}, lora={"lora_dropout": 0.0}, train={
-            **FAST, "max_steps": 4, "logging_steps": 1, "per_device_train_batch_size": 2, "max_length": ROW,
-            "gradient_accumulation_steps": 2, "gradient_checkpointing": True, "device": "cuda", **train_params}))
-        args = train.parse_args(stage_args(work, work / "params.yaml", whole_rows_data))
-        trainer, _, _ = train.build_trainer(params, args, "cuda", "test", train.load_data(whole_rows_data))
+        trainer = build(work, tiny_model_dir, whole_rows_data, device="cuda", **train_params)
         trainer.train()
         return trainer
 

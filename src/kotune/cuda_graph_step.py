@@ -111,7 +111,7 @@ class StepGraph:
             self.inputs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
             self.num_items = None if num_items_in_batch is None else torch.as_tensor(
                 num_items_in_batch, device=self.device).clone()
-            self.rows = None if host is None else torch.empty(
+            self.rows = None if host is None else torch.zeros(
                 (*self.inputs["input_ids"].shape, host.embedding_dim), dtype=host.table.dtype, device=self.device)
         self.grads = None if kind == FIRST else [p.grad for p in params]
         self.replay, self.loss, self.metrics_row, self.pool = None, None, None, None
@@ -132,7 +132,7 @@ class StepGraph:
             else:
                 self.num_items.fill_(num_items_in_batch)
         if self.host is not None:
-            ids = ids_on_host if ids_on_host is not None else inputs["input_ids"].to("cpu")
+            ids = self.host.ids_in_cpu_memory(inputs["input_ids"], ids_on_host)
             self.rows.copy_(self.host.rows_on_host(ids).view_as(self.rows), non_blocking=True)
 
     def captured(self, replay, outputs, pool) -> None:
@@ -218,12 +218,11 @@ class GraphedSteps:
         return embedding if isinstance(embedding, HostEmbedding) else None
 
     def _capture(self, model, inputs, num_items_in_batch, key, kind) -> StepGraph | None:
-        inputs = dict(inputs)
-        carried = inputs.pop(HOST_IDS, None)
+        """The graph of this micro-batch's step, captured (not run: the replay that follows loads and runs it)."""
+        inputs = {name: value for name, value in inputs.items() if name != HOST_IDS}
         host = self._host_embedding(model)
         sibling = next(iter(self._step_graphs.values()), None)  # same key (_may_capture): share its inputs, pool
         graph = StepGraph(key, kind, inputs, num_items_in_batch, self._graph_params, host, sibling)
-        graph.load(inputs, num_items_in_batch, carried.ids if isinstance(carried, IdsOnHost) else None)
 
         def step():
             pending = len(self._pending_metrics)

@@ -57,11 +57,15 @@ class HostEmbedding(torch.nn.Module):
         ids, self.ids_on_host = self.ids_on_host, None  # used once: a later call (generation) brings its own
         if self.serving is not None:
             return self.serving
-        if ids is None or ids.shape != input_ids.shape:
-            self.lookups_without_host_ids += 1
-            ids = input_ids.to("cpu")  # waits for the GPU to finish everything queued before this copy
-        rows = self.rows_on_host(ids)
+        rows = self.rows_on_host(self.ids_in_cpu_memory(input_ids, ids))
         return rows.view(*input_ids.shape, self.embedding_dim).to(self.target, non_blocking=True)
+
+    def ids_in_cpu_memory(self, input_ids: torch.Tensor, carried: torch.Tensor | None) -> torch.Tensor:
+        """The ids the batch carried in CPU memory where they match the model's input, else a copy back."""
+        if carried is not None and carried.shape == input_ids.shape:
+            return carried
+        self.lookups_without_host_ids += 1
+        return input_ids.to("cpu")  # waits for the GPU to finish everything queued before this copy
 
     def rows_on_host(self, ids: torch.Tensor) -> torch.Tensor:
         """The rows of CPU token ids, one per id, in CPU memory (pinned when they are bound for a GPU)."""
