@@ -73,6 +73,8 @@ declare -A LEVERS=(
   # full-length rows through the transformers backend, replayed from one CUDA graph a micro-batch (train.cuda_graph_step),
   # with and without compiled layers; the plain run to compare with is tf-varlen-fused-compile-embcpu
   [tf-full-graph]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true train.input_embeddings_on_cpu=true train.cuda_graph_step=true"
+  # ... with the LM head's gradient made in its forward pass (train.lm_head_grad_in_forward): one vocabulary matmul fewer
+  [tf-full-graph-head]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true train.input_embeddings_on_cpu=true train.cuda_graph_step=true train.lm_head_grad_in_forward=true"
   [tf-full-graph-fused]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true train.input_embeddings_on_cpu=true train.cuda_graph_step=true train.fuse_lora_output=true"
   [tf-full-graph-eager]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.input_embeddings_on_cpu=true train.cuda_graph_step=true"
   [tf-varlen-fused-compile-offload]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true train.offload_activations=true"

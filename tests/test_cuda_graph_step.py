@@ -100,22 +100,24 @@ def build(work, tiny_model_dir, data, device="cpu", **train_params):
 
 # 8 micro-batches either way. The first 2 run as before (compile, warm-up); then each kind is captured (the first
 # micro-batch of an optimizer step; with accumulation, the later one) and every later one replays.
-@pytest.mark.parametrize("embeddings_on_cpu, accumulation, counts", [
-    (False, 2, {"whole rows, without the graph": 2, "replayed, first": 3, "replayed, accumulating": 3}),
-    (True, 2, {"whole rows, without the graph": 2, "replayed, first": 3, "replayed, accumulating": 3}),
-    (False, 1, {"whole rows, without the graph": 2, "replayed, first": 6}),
-], ids=["embeddings-on-device", "embeddings-on-cpu", "no-accumulation"])
+@pytest.mark.parametrize("embeddings_on_cpu, accumulation, head_grad_in_forward, counts", [
+    (False, 2, False, {"whole rows, without the graph": 2, "replayed, first": 3, "replayed, accumulating": 3}),
+    (True, 2, False, {"whole rows, without the graph": 2, "replayed, first": 3, "replayed, accumulating": 3}),
+    (False, 1, False, {"whole rows, without the graph": 2, "replayed, first": 6}),
+    (True, 2, True, {"whole rows, without the graph": 2, "replayed, first": 3, "replayed, accumulating": 3}),
+], ids=["embeddings-on-device", "embeddings-on-cpu", "no-accumulation", "head-grad-in-forward"])
 def test_replayed_micro_batches_train_and_log_like_steps_without_the_graph(
         tmp_path, tiny_model_dir, whole_rows_data, varlen_on_cpu, monkeypatch, embeddings_on_cpu, accumulation,
-        counts):
+        head_grad_in_forward, counts):
     steps = {"input_embeddings_on_cpu": embeddings_on_cpu, "gradient_accumulation_steps": accumulation,
              "max_steps": 8 // accumulation}
-    plain = build(tmp_path / "plain", tiny_model_dir, whole_rows_data, **steps)
+    plain = build(tmp_path / "plain", tiny_model_dir, whole_rows_data, **steps)  # TRL's own head
     plain.train()
     want = logged_rows(plain)
 
     reads = []
-    graphed = build(tmp_path / "graphed", tiny_model_dir, whole_rows_data, cuda_graph_step=True, **steps)
+    graphed = build(tmp_path / "graphed", tiny_model_dir, whole_rows_data, cuda_graph_step=True,
+                    lm_head_grad_in_forward=head_grad_in_forward, **steps)
     monkeypatch.setattr(cuda_graph_step, "capture", emulated_capture(graphed.model, reads))
     graphed.train()
     got = logged_rows(graphed)
@@ -176,16 +178,19 @@ def test_refuses_what_a_graph_cannot_replay(changes, message):
 
 
 @pytest.mark.gpu
-def test_a_real_graph_replays_and_trains_like_steps_without_it(tmp_path, tiny_model_dir, whole_rows_data):
+@pytest.mark.parametrize("head_grad_in_forward", [False, True], ids=["trl-head", "head-grad-in-forward"])
+def test_a_real_graph_replays_and_trains_like_steps_without_it(tmp_path, tiny_model_dir, whole_rows_data,
+                                                              head_grad_in_forward):
     """On a GPU: the step is captured for real, every later micro-batch of whole rows replays it, and the
-    logged figures stay those of the same run without the graph (bf16 kernels: within 1e-3)."""
+    logged figures stay those of the same run without the graph and with TRL's head (bf16 kernels: within 1e-3)."""
     def trained(work, **train_params):
         trainer = build(work, tiny_model_dir, whole_rows_data, device="cuda", **train_params)
         trainer.train()
         return trainer
 
     want = logged_rows(trained(tmp_path / "plain", input_embeddings_on_cpu=True))
-    graphed = trained(tmp_path / "graphed", input_embeddings_on_cpu=True, cuda_graph_step=True)
+    graphed = trained(tmp_path / "graphed", input_embeddings_on_cpu=True, cuda_graph_step=True,
+                      lm_head_grad_in_forward=head_grad_in_forward)
     assert dict(graphed.graph_step_counts) == {"whole rows, without the graph": 2, "replayed, first": 3,
                                                "replayed, accumulating": 3}
     got = logged_rows(graphed)

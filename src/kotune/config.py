@@ -184,6 +184,10 @@ class TrainSection:
     # each 4-bit LoRA layer adds its LoRA product into the base output inside one matmul (torch.addmm) instead of
     # PEFT's copy, scale and add passes over the output (kotune.lora_addmm); under autocast, transformers backend
     fuse_lora_output: bool = False
+    # the LM head's gradient made in its forward pass from whole-vocabulary tiles, so the backward pass does not
+    # project onto the vocabulary again (one LM-head matmul fewer a step; kotune.head_grad_in_forward); transformers
+    # backend, TRL's own fused head
+    lm_head_grad_in_forward: bool = False
     # 8-bit ones need CUDA; adamw_torch_fused: one kernel for all LoRA tensors (fast; LoRA states are small)
     optim: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"] = "adamw_torch"
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
@@ -390,6 +394,9 @@ class Params:
             if self.train.fuse_lora_output:
                 raise ValueError("train.fuse_lora_output with train.backend unsloth: Unsloth's LoRA kernels add the "
                                  "LoRA product in the matmul already; turn it off")
+            if self.train.lm_head_grad_in_forward:
+                raise ValueError("train.lm_head_grad_in_forward with train.backend unsloth: Unsloth puts its own "
+                                 "kernel in the slot of TRL's fused head that this replaces; turn it off")
             if self.train.cuda_graph_step:
                 raise ValueError("train.cuda_graph_step with train.backend unsloth: Unsloth's offloaded "
                                  "checkpointing copies to CPU memory inside the step, which a CUDA graph cannot hold")
