@@ -75,6 +75,8 @@ declare -A LEVERS=(
   [tf-full-graph]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true train.input_embeddings_on_cpu=true train.cuda_graph_step=true"
   # ... with the LM head's gradient made in its forward pass (train.lm_head_grad_in_forward): one vocabulary matmul fewer
   [tf-full-graph-head]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true train.input_embeddings_on_cpu=true train.cuda_graph_step=true train.lm_head_grad_in_forward=true"
+  # ... as conf/train/qlora-24gb-full.yaml ships it: 8 micro-batches a step (the accumulating graph at 8B)
+  [tf-full-graph-head-ga8]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true train.input_embeddings_on_cpu=true train.cuda_graph_step=true train.lm_head_grad_in_forward=true train.gradient_accumulation_steps=8"
   [tf-full-graph-fused]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true train.input_embeddings_on_cpu=true train.cuda_graph_step=true train.fuse_lora_output=true"
   [tf-full-graph-eager]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.input_embeddings_on_cpu=true train.cuda_graph_step=true"
   [tf-varlen-fused-compile-offload]="model.attn_implementation=varlen train.optim=adamw_torch_fused train.compile_layers=true train.offload_activations=true"
