@@ -11,7 +11,7 @@
 #                        $OUT/unsloth-<tag>.json
 #   <tag>[+VAR=value...] kotune's train stage with gpu_backends.sh's lever LEVER (default the qlora-24gb-unsloth
 #                        levers; +LEVER=<name> for this run only), DATA=full, KOTUNE_STEPS steps logged every KOTUNE_LOGGING, with those
-#                        environment variables set for that run only: $OUT/kotune_<lever>-<tag>.json and
+#                        environment variables set for that run only (+STEPS=, +LOGGING= for its length): $OUT/kotune_<lever>-<tag>.json and
 #                        steps_<...>.csv (+HOST_LOAD=1: host_<...>.txt too, bench/host_load.py's report of its CPU use)
 # KOTUNE_LOGGING=1 makes kotune's figure the median step, Unsloth's statistic (default 10: 10-step windows).
 # At most 8 files come back from the device: keep SEQ to what fits (gpu.txt, table.md, one JSON per peer run,
@@ -34,8 +34,9 @@ peer() {
 kotune() {
   local tag=$1 lever=${LEVER:-unsloth-fused-embcpu} setting; shift
   for setting in "$@"; do [[ $setting == LEVER=* ]] && lever=${setting#LEVER=}; done  # k1+LEVER=...: this run's
-  env "$@" OUT="/tmp/k-$tag" TAG="-$tag" DATA=full GPU_TESTS=0 STEPS="${KOTUNE_STEPS:-50}" \
-    LOGGING="${KOTUNE_LOGGING:-10}" RUNS="$lever" bash bench/gpu_backends.sh 2>&1 \
+  # The run's own settings last, so that +STEPS=12+LOGGING=2 overrides KOTUNE_STEPS and KOTUNE_LOGGING for it.
+  env OUT="/tmp/k-$tag" TAG="-$tag" DATA=full GPU_TESTS=0 STEPS="${KOTUNE_STEPS:-50}" \
+    LOGGING="${KOTUNE_LOGGING:-10}" RUNS="$lever" "$@" bash bench/gpu_backends.sh 2>&1 \
     | grep -v "^|" | tail -3
   grep -h GCSTATS /tmp/k-"$tag"/log_*.txt
   cp /tmp/k-"$tag"/kotune_*.json /tmp/k-"$tag"/steps_*.csv "$R/"
