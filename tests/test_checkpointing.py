@@ -177,3 +177,60 @@ def test_options_need_checkpointing_on():
     with pytest.raises(ConfigError, match="checkpoints \\(and offloads\\) every layer itself"):
         params_from_dict({"train": {"backend": "unsloth", "gradient_checkpointing": True,
                                     "layers_not_recomputed": 2}})
+
+
+def first_layer_inputs(model):
+    """Records, per forward, whether the first decoder layer's input asks for a gradient."""
+    seen = []
+    model.model.layers[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].requires_grad))
+    return seen
+
+
+def test_no_gradient_into_the_embedding_output_under_non_reentrant_checkpointing(tmp_path, tiny_model_dir, processed,
+                                                                                monkeypatch):
+    def trained(work):
+        params = load_params(params_file(work / "params.yaml", tiny_model_dir, data=DATA, train={
+            **FAST, "max_steps": 3, "gradient_checkpointing": True}))
+        args = train.parse_args(stage_args(work, work / "params.yaml", processed))
+        trainer, _, _ = train.build_trainer(params, args, "cpu", "test", train.load_data(processed))
+        seen = first_layer_inputs(trainer.model.get_base_model())
+        trainer.train()
+        return [(h["loss"], h["grad_norm"]) for h in trainer.state.log_history if "loss" in h], seen
+
+    (tmp_path / "new").mkdir()
+    got, seen = trained(tmp_path / "new")
+    monkeypatch.setattr(activation_checkpointing.NoEmbeddingOutputGradient, "on_train_begin",
+                        lambda self, args, state, control, **kwargs: control)
+    (tmp_path / "old").mkdir()
+    want, seen_before = trained(tmp_path / "old")
+    assert seen_before and all(seen_before), "transformers and TRL mark the embedding output"
+    assert seen and not any(seen)
+    assert got == want  # the LoRA gradients never depended on the first layer's input gradient
+
+
+@pytest.mark.parametrize("reentrant, trained_table", [(True, False), (False, True)])
+def test_the_mark_stays_where_something_needs_it(tiny_model_dir, reentrant, trained_table):
+    """Reentrant checkpointing gives the layers' weights no gradient without it; a trained table needs its own."""
+    model = tiny(tiny_model_dir)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    model.get_input_embeddings().weight.requires_grad_(trained_table)
+    model.enable_input_require_grads()
+    callback = activation_checkpointing.NoEmbeddingOutputGradient()
+    callback.on_train_begin(None, None, None, model=model)
+    seen = first_layer_inputs(model)
+    grads = gradients(model, torch.randint(0, 100, (1, 12)))
+    assert not callback.applied and seen == [True]
+    assert all(f"model.layers.{i}.mlp.up_proj.weight" in grads for i in range(4))
+
+
+def test_applied_under_non_reentrant_checkpointing(tiny_model_dir):
+    model = tiny(tiny_model_dir)
+    model.get_input_embeddings().weight.requires_grad_(False)
+    model.enable_input_require_grads()
+    want = gradients(model, ids := torch.randint(0, 100, (1, 12)))
+    callback = activation_checkpointing.NoEmbeddingOutputGradient()
+    callback.on_train_begin(None, None, None, model=model)
+    seen = first_layer_inputs(model)
+    assert callback.applied
+    assert_same(gradients(model, ids), want)
+    assert seen == [False]
