@@ -78,38 +78,3 @@ def apply(model: torch.nn.Module, every_n_layers: int, save_attention_layers: in
             layer._gradient_checkpointing_func = saving_attention()
             saving.append(index)
     return saving
-
-
-def non_reentrant(function) -> bool:
-    """torch's non-reentrant checkpoint, as transformers and kotune bind it (functools.partial, use_reentrant=False)."""
-    return isinstance(function, functools.partial) and function.keywords.get("use_reentrant") is False
-
-
-class NoEmbeddingOutputGradient(TrainerCallback):
-    """The input embedding's output stops asking for a gradient when nothing needs it.
-
-    transformers (at train start) and TRL (for PEFT models) mark that output as requiring a gradient
-    (`enable_input_require_grads`), which *reentrant* checkpointing needs: without an input that requires one, its
-    layers' outputs would not require one either and the LoRA weights inside would get none. Non-reentrant
-    checkpointing, which transformers >= 5 uses by default and kotune's selective checkpointing uses, tracks the
-    weights themselves. There the mark only makes the backward pass compute the first layer's input gradient
-    (its q, k, v, gate and up projections' input matmuls against their dequantized weights) for a tensor nothing
-    reads. So, as training begins, when every checkpointed module is non-reentrant and nothing in the embedding is
-    trained, a last forward hook on the embedding hands the layers its output detached. Anything else (reentrant
-    or Unsloth's checkpointing, LoRA on the embedding, trainable tokens) keeps the mark."""
-
-    def __init__(self):
-        self.applied = False
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        embedding = model.get_input_embeddings()
-        checkpointed = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
-        # Trained in the embedding itself (LoRA on embed_tokens, trainable tokens): its output carries their gradient.
-        trained = any(p.requires_grad for p in embedding.parameters()) \
-            or getattr(getattr(embedding, "weight", None), "requires_grad", False)
-        if trained or not all(non_reentrant(getattr(m, "_gradient_checkpointing_func", None)) for m in checkpointed):
-            return control
-        # Registered after transformers' and TRL's hooks (they run first); the returned tensor replaces the output.
-        embedding.register_forward_hook(lambda module, inputs, output: output.detach())
-        self.applied = True
-        return control

@@ -166,10 +166,6 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
         from kotune.compiling import CompileLayers
 
         trainer.add_callback(CompileLayers())
-    if params.train.backend == "transformers":
-        from kotune.activation_checkpointing import NoEmbeddingOutputGradient
-
-        trainer.add_callback(NoEmbeddingOutputGradient())  # after the callbacks that set the checkpoint functions
     trainable, total = trainer.model.get_nb_trainable_parameters()  # PEFT counts 4-bit weights unpacked
     log.info("trainable LoRA parameters: %d (%.2f%% of %d)", trainable, 100 * trainable / total, total)
     return trainer, tokenizer, load_seconds
