@@ -107,11 +107,3 @@ def test_unsloth_without_mixed_precision_refuses_a_float16_model(monkeypatch):
                                "model": {"torch_dtype": "float16"}})
     with pytest.raises(KotuneError, match="without loss scaling"):
         unsloth_backend.load_peft_model(params, "cuda")
-
-
-def test_batches_go_to_the_gpu_without_the_host_waiting(tmp_path):
-    """A blocking copy of the batch waits for the GPU to finish the step before (2 host syncs a step on the GPU)."""
-    cuda = training.sft_config(TrainSection(), "cuda", tmp_path, True, False)
-    assert cuda.accelerator_config.non_blocking and cuda.dataloader_pin_memory  # non-blocking needs pinned memory
-    cpu = training.sft_config(TrainSection(), "cpu", tmp_path, True, False)
-    assert not cpu.accelerator_config.non_blocking and not cpu.dataloader_pin_memory

@@ -81,10 +81,6 @@ def sft_config(train: TrainSection, device: str, output_dir: Path, conversationa
         activation_offloading=train.offload_activations,
         # Several processes (DDP): every LoRA weight gets a gradient each step, so DDP need not search for unused ones.
         ddp_find_unused_parameters=False,
-        # The batch goes to the GPU from the dataloader's pinned memory without the host waiting: a blocking copy
-        # waits for the GPU to finish the previous step (2 host syncs a step, SYNC_TRACE in call 69), and the GPU
-        # then idles while the host prepares the next batch.
-        accelerator_config={"non_blocking": device == "cuda"}, dataloader_pin_memory=device == "cuda",
     )
 
 
