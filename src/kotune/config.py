@@ -360,6 +360,18 @@ SECTIONS = {
 }
 
 
+# The train switches the unsloth backend refuses, and why: Unsloth does that part of the step its own way.
+UNSLOTH_DOES_ITSELF = {
+    "use_liger_kernel": "Unsloth brings its own fused kernels and both patch the same modules; turn one off",
+    "compile_layers": "Unsloth compiles its own kernels; turn one off",
+    "fuse_lora_output": "Unsloth's LoRA kernels add the LoRA product in the matmul already; turn it off",
+    "lm_head_grad_in_forward": "Unsloth puts its own kernel in the slot of TRL's fused head that this replaces; "
+                               "turn it off",
+    "cuda_graph_step": "Unsloth's offloaded checkpointing copies to CPU memory inside the step, which a CUDA graph "
+                       "cannot hold",
+}
+
+
 @dataclass(frozen=True)
 class Params:
     data: DataSection = field(default_factory=DataSection)
@@ -378,9 +390,9 @@ class Params:
             raise ValueError(f"data.max_tokens ({self.data.max_tokens}) exceeds train.max_length "
                              f"({self.train.max_length}): prepare would keep examples that training truncates")
         if self.train.backend == "unsloth":
-            if self.train.use_liger_kernel:
-                raise ValueError("train.use_liger_kernel with train.backend unsloth: Unsloth brings its own fused "
-                                 "kernels and both patch the same modules; turn one off")
+            for flag, reason in UNSLOTH_DOES_ITSELF.items():
+                if getattr(self.train, flag):
+                    raise ValueError(f"train.{flag} with train.backend unsloth: {reason}")
             if self.lora.use_dora:
                 raise ValueError("lora.use_dora is not supported by train.backend unsloth")
             if self.train.checkpoint_every_n_layers > 1 or self.train.save_attention_layers \
@@ -388,18 +400,6 @@ class Params:
                 raise ValueError("train.checkpoint_every_n_layers > 1, layers_not_recomputed, save_attention_layers or "
                                  "offload_activations with train.backend unsloth: Unsloth checkpoints (and offloads) "
                                  "every layer itself")
-            if self.train.compile_layers:
-                raise ValueError("train.compile_layers with train.backend unsloth: Unsloth compiles its own "
-                                 "kernels; turn one off")
-            if self.train.fuse_lora_output:
-                raise ValueError("train.fuse_lora_output with train.backend unsloth: Unsloth's LoRA kernels add the "
-                                 "LoRA product in the matmul already; turn it off")
-            if self.train.lm_head_grad_in_forward:
-                raise ValueError("train.lm_head_grad_in_forward with train.backend unsloth: Unsloth puts its own "
-                                 "kernel in the slot of TRL's fused head that this replaces; turn it off")
-            if self.train.cuda_graph_step:
-                raise ValueError("train.cuda_graph_step with train.backend unsloth: Unsloth's offloaded "
-                                 "checkpointing copies to CPU memory inside the step, which a CUDA graph cannot hold")
         if self.train.cuda_graph_step and self.lora.lora_dropout:
             raise ValueError("train.cuda_graph_step with lora.lora_dropout > 0: the recomputation must draw the "
                              "forward pass's dropout masks again, which kotune has not verified inside a CUDA graph; "

@@ -40,8 +40,9 @@ def _trl():
     return chunked_logprob
 
 
-def available(device: torch.device) -> str | None:
+def available(device: torch.device | str) -> str | None:
     """None when TRL's kernel has every piece this uses on `device`, else what is missing."""
+    device = torch.device(device)
     try:
         trl_kernel = _trl()
     except ImportError as error:

@@ -127,19 +127,21 @@ def build_trainer(params: Params, args, device: str, fingerprint: str, data):
     # A CUDA graph of the step cannot hold the gathers, whatever kernel is in TRL's slot.
     every_position, grad_in_forward = params.train.cuda_graph_step, params.train.lm_head_grad_in_forward
     if grad_in_forward:
-        import torch
-
         from kotune import head_grad_in_forward
 
-        missing = head_grad_in_forward.available(torch.device(device))
+        missing = head_grad_in_forward.available(device)
         if missing:
             raise KotuneError(f"train.lm_head_grad_in_forward: {missing}; install the locked TRL or turn it off")
     wrapped = static_lm_head.install(trainer.model, every_position=every_position, grad_in_forward=grad_in_forward)
     if grad_in_forward and not wrapped:
         raise KotuneError("train.lm_head_grad_in_forward: this model's head is not TRL's plain fused head (scaled or "
                          "capped logits, router losses); turn it off")
-    fed = "TRL's fused head" if not wrapped else "the labelled positions, gathered as TRL does" \
-        if grad_in_forward and not every_position else "every position in one shape (no gathers: 4 fewer host syncs)"
+    if not wrapped:
+        fed = "TRL's fused head"
+    elif grad_in_forward and not every_position:
+        fed = "the labelled positions, gathered as TRL does"
+    else:
+        fed = "every position in one shape (no gathers: 4 fewer host syncs)"
     log.info("LM head: %s%s", fed, "; its gradient made in the forward pass" if grad_in_forward else "")
     if params.train.cuda_graph_step:
         from kotune import cuda_graph_step
